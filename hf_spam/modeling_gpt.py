@@ -1,0 +1,425 @@
+"""A GPT-2 style model written from scratch, wrapped as a transformers model.
+
+This file is the whole model, top to bottom: configuration, attention, feed-forward, block,
+the chapter's ``GPTModel`` and the sequence classifier that the Hub sees. It imports only torch
+and transformers so that ``save_pretrained`` can copy it beside the weights as remote code and a
+user without ``hf_spam`` installed can still load the model with ``trust_remote_code=True``.
+
+Module and parameter names follow chapter 4/6 of *Build a Large Language Model (From Scratch)*
+(``tok_emb``, ``pos_emb``, ``trf_blocks[i].att.W_query``, ``norm1.scale`` ...), so a state dict
+saved by the chapter's notebook loads with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+# Size presets. The four GPT-2 sizes are the chapter's; ``tiny`` is for quick CPU runs and tests.
+MODEL_PRESETS: dict[str, dict[str, int]] = {
+    "tiny": {"emb_dim": 128, "n_layers": 2, "n_heads": 4},
+    "gpt2-small": {"emb_dim": 768, "n_layers": 12, "n_heads": 12},
+    "gpt2-medium": {"emb_dim": 1024, "n_layers": 24, "n_heads": 16},
+    "gpt2-large": {"emb_dim": 1280, "n_layers": 36, "n_heads": 20},
+    "gpt2-xl": {"emb_dim": 1600, "n_layers": 48, "n_heads": 25},
+}
+# The names OpenAI and the chapter's script use for the same sizes.
+MODEL_SIZE_ALIASES: dict[str, str] = {
+    "124M": "gpt2-small",
+    "355M": "gpt2-medium",
+    "774M": "gpt2-large",
+    "1558M": "gpt2-xl",
+    "gpt2": "gpt2-small",
+    "gpt2-small (124M)": "gpt2-small",
+    "gpt2-medium (355M)": "gpt2-medium",
+    "gpt2-large (774M)": "gpt2-large",
+    "gpt2-xl (1558M)": "gpt2-xl",
+}
+POOLING_CHOICES = ("last", "first", "last_non_pad", "mean")
+
+
+def resolve_model_size(name: str) -> str:
+    """Map a size name or alias (``124M``, ``gpt2-small`` ...) to a key of ``MODEL_PRESETS``."""
+    key = MODEL_SIZE_ALIASES.get(name, name)
+    if key not in MODEL_PRESETS:
+        known = ", ".join(list(MODEL_PRESETS) + list(MODEL_SIZE_ALIASES))
+        raise ValueError(f"model_size: unknown size {name!r}; expected one of {known}")
+    return key
+
+
+class GPTSpamConfig(PretrainedConfig):
+    r"""Configuration of the chapter's GPT and its classification head.
+
+    Args:
+        vocab_size (`int`, defaults to 50257): GPT-2's BPE vocabulary size.
+        context_length (`int`, defaults to 1024): number of position embeddings.
+        emb_dim (`int`, defaults to 768): width of the residual stream.
+        n_heads (`int`, defaults to 12): attention heads per block.
+        n_layers (`int`, defaults to 12): transformer blocks.
+        drop_rate (`float`, defaults to 0.0): dropout after embeddings, attention weights and
+            each residual branch (the chapter fine-tunes with 0.0).
+        qkv_bias (`bool`, defaults to `True`): bias in the query/key/value projections (GPT-2 has one).
+        layer_norm_eps (`float`, defaults to 1e-5): LayerNorm epsilon, GPT-2's value.
+        causal (`bool`, defaults to `True`): causal attention mask; `False` lets every token see the
+            whole text (one of the chapter's bonus experiments).
+        pooling (`str`, defaults to `"last"`): which token's output is classified: `last` (the last
+            position, even when it is padding: the chapter), `first`, `last_non_pad` (the last real
+            token, found from `attention_mask`) or `mean` (mean over real tokens).
+        initializer_range (`float`, defaults to 0.02): std of the normal init of Linear/Embedding weights.
+        num_labels / id2label / label2id: the classes, ham (0) and spam (1) by default.
+        pad_token_id (`int`, defaults to 50256): GPT-2's `<|endoftext|>`, used as padding.
+    """
+
+    model_type = "hf_spam_gpt"
+
+    def __init__(
+        self,
+        vocab_size: int = 50257,
+        context_length: int = 1024,
+        emb_dim: int = 768,
+        n_heads: int = 12,
+        n_layers: int = 12,
+        drop_rate: float = 0.0,
+        qkv_bias: bool = True,
+        layer_norm_eps: float = 1e-5,
+        causal: bool = True,
+        pooling: str = "last",
+        initializer_range: float = 0.02,
+        pad_token_id: int | None = 50256,
+        **kwargs,
+    ):
+        if pooling not in POOLING_CHOICES:
+            raise ValueError(f"pooling: unknown value {pooling!r}; expected one of {', '.join(POOLING_CHOICES)}")
+        if emb_dim % n_heads != 0:
+            raise ValueError(f"emb_dim ({emb_dim}) must be divisible by n_heads ({n_heads})")
+        self.vocab_size = vocab_size
+        self.context_length = context_length
+        self.emb_dim = emb_dim
+        self.n_heads = n_heads
+        self.n_layers = n_layers
+        self.drop_rate = drop_rate
+        self.qkv_bias = qkv_bias
+        self.layer_norm_eps = layer_norm_eps
+        self.causal = causal
+        self.pooling = pooling
+        self.initializer_range = initializer_range
+        if "id2label" not in kwargs and "num_labels" not in kwargs:
+            kwargs["id2label"] = {0: "ham", 1: "spam"}
+            kwargs["label2id"] = {"ham": 0, "spam": 1}
+        kwargs.setdefault("tie_word_embeddings", False)
+        super().__init__(pad_token_id=pad_token_id, **kwargs)
+
+    # Standard names, so generic transformers code (Trainer, peft, pipelines) finds the sizes.
+    @property
+    def hidden_size(self) -> int:
+        return self.emb_dim
+
+    @property
+    def num_hidden_layers(self) -> int:
+        return self.n_layers
+
+    @property
+    def num_attention_heads(self) -> int:
+        return self.n_heads
+
+    @property
+    def max_position_embeddings(self) -> int:
+        return self.context_length
+
+    @classmethod
+    def from_preset(cls, model_size: str, **kwargs) -> GPTSpamConfig:
+        """Config for a named size (``tiny``, ``gpt2-small``/``124M`` ...)."""
+        return cls(**{**MODEL_PRESETS[resolve_model_size(model_size)], **kwargs})
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with the chapter's parameter names (``scale``, ``shift``)."""
+
+    def __init__(self, emb_dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.scale = nn.Parameter(torch.ones(emb_dim))
+        self.shift = nn.Parameter(torch.zeros(emb_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Same maths as the chapter's hand-written version (biased variance), in one fused kernel.
+        return F.layer_norm(x, (x.shape[-1],), self.scale, self.shift, self.eps)
+
+
+class GELU(nn.Module):
+    """GPT-2's GELU: the tanh approximation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x, approximate="tanh")
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP, 4x wide; ``layers[0]``/``layers[2]`` are the chapter's names."""
+
+    def __init__(self, cfg: GPTSpamConfig):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim),
+            GELU(),
+            nn.Linear(4 * cfg.emb_dim, cfg.emb_dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head self-attention with separate query/key/value projections (the chapter's layout).
+
+    The chapter registers a ``[context, context]`` causal-mask buffer; we let PyTorch's fused
+    ``scaled_dot_product_attention`` apply causality instead, so no mask lands in checkpoints and
+    the chapter's state dicts (which do not save that buffer either) load unchanged.
+    """
+
+    def __init__(self, cfg: GPTSpamConfig):
+        super().__init__()
+        self.num_heads = cfg.n_heads
+        self.head_dim = cfg.emb_dim // cfg.n_heads
+        self.causal = cfg.causal
+        self.dropout = cfg.drop_rate
+        self.W_query = nn.Linear(cfg.emb_dim, cfg.emb_dim, bias=cfg.qkv_bias)
+        self.W_key = nn.Linear(cfg.emb_dim, cfg.emb_dim, bias=cfg.qkv_bias)
+        self.W_value = nn.Linear(cfg.emb_dim, cfg.emb_dim, bias=cfg.qkv_bias)
+        self.out_proj = nn.Linear(cfg.emb_dim, cfg.emb_dim)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, t, d = x.shape
+        # [b, t, d] -> [b, heads, t, head_dim]
+        q = self.W_query(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.W_key(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        v = self.W_value(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        dropout_p = self.dropout if self.training else 0.0
+        if attn_mask is None:
+            # Fast path: the fused kernels apply the causal mask themselves.
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=self.causal)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+        return self.out_proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm block: x + att(norm1(x)), then x + ff(norm2(x))."""
+
+    def __init__(self, cfg: GPTSpamConfig):
+        super().__init__()
+        self.att = MultiHeadAttention(cfg)
+        self.ff = FeedForward(cfg)
+        self.norm1 = LayerNorm(cfg.emb_dim, cfg.layer_norm_eps)
+        self.norm2 = LayerNorm(cfg.emb_dim, cfg.layer_norm_eps)
+        self.drop_resid = nn.Dropout(cfg.drop_rate)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop_resid(self.att(self.norm1(x), attn_mask))
+        x = x + self.drop_resid(self.ff(self.norm2(x)))
+        return x
+
+
+def build_attention_mask(
+    attention_mask: torch.Tensor | None, seq_len: int, causal: bool, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """Turn a ``[batch, tokens]`` 1/0 padding mask into an additive SDPA mask, or ``None``.
+
+    ``None`` means "causal only" (the fused fast path). A query row with no visible key (left
+    padding under a causal mask) is allowed to see every key instead of producing NaNs; with the
+    right padding used throughout this package that never happens.
+    """
+    if attention_mask is None:
+        return None
+    keep = attention_mask[:, None, None, :].to(torch.bool)  # [b, 1, 1, t]
+    if causal:
+        tri = torch.ones(seq_len, seq_len, dtype=torch.bool, device=attention_mask.device).tril()
+        keep = keep & tri  # [b, 1, t, t]
+    else:
+        keep = keep.expand(-1, 1, seq_len, -1)
+    keep = keep | ~keep.any(dim=-1, keepdim=True)
+    additive = torch.zeros(keep.shape, dtype=dtype, device=attention_mask.device)
+    return additive.masked_fill(~keep, torch.finfo(dtype).min)
+
+
+class GPTModel(nn.Module):
+    """The chapter's GPT: embeddings, ``n_layers`` blocks, final norm and an output head.
+
+    ``out_dim`` is the head's width: the vocabulary for a language model, ``num_labels`` for the
+    classifier (the chapter swaps ``out_head`` for a 2-way Linear layer). ``forward`` returns
+    per-token logits like the chapter's model; ``embed``/``run_blocks``/``final_norm`` are exposed
+    separately so callers can run a slice of the network (frozen-trunk feature caching).
+    """
+
+    def __init__(self, cfg: GPTSpamConfig, out_dim: int | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
+        self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
+        self.drop_emb = nn.Dropout(cfg.drop_rate)
+        self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg.n_layers)])
+        self.final_norm = LayerNorm(cfg.emb_dim, cfg.layer_norm_eps)
+        self.out_head = nn.Linear(cfg.emb_dim, out_dim or cfg.vocab_size, bias=False)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token + position embeddings (with embedding dropout)."""
+        seq_len = input_ids.shape[1]
+        if seq_len > self.cfg.context_length:
+            raise ValueError(
+                f"input_ids: {seq_len} tokens exceed the model's context length {self.cfg.context_length}"
+            )
+        pos = torch.arange(seq_len, device=input_ids.device)
+        return self.drop_emb(self.tok_emb(input_ids) + self.pos_emb(pos))
+
+    def run_blocks(
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        start: int = 0,
+        end: int | None = None,
+    ) -> torch.Tensor:
+        """Run blocks ``start..end-1`` on hidden states ``x``."""
+        attn_mask = build_attention_mask(attention_mask, x.shape[1], self.cfg.causal, x.dtype)
+        for block in self.trf_blocks[start:end]:
+            x = block(x, attn_mask)
+        return x
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Final-normed hidden states ``[batch, tokens, emb_dim]`` (everything but the head)."""
+        return self.final_norm(self.run_blocks(self.embed(input_ids), attention_mask))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-token logits ``[batch, tokens, out_dim]``; ``attention_mask`` hides padding keys."""
+        return self.out_head(self.hidden_states(input_ids, attention_mask))
+
+
+def pool_hidden_states(
+    hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str
+) -> torch.Tensor:
+    """Pick (or average) the token states that the classifier reads: ``[b, t, d] -> [b, d]``."""
+    if pooling == "last":
+        return hidden[:, -1, :]
+    if pooling == "first":
+        return hidden[:, 0, :]
+    if attention_mask is None:
+        attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+    if pooling == "last_non_pad":
+        # Padding sits on the right, so the last real token is at (number of real tokens - 1).
+        # Found from the mask, not by searching for id 50256: a message may contain it as text.
+        last = attention_mask.long().sum(dim=1).clamp(min=1) - 1
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    if pooling == "mean":
+        mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+    raise ValueError(f"pooling: unknown value {pooling!r}; expected one of {', '.join(POOLING_CHOICES)}")
+
+
+class GPTSpamPreTrainedModel(PreTrainedModel):
+    """Weight init and loading glue shared by the models below."""
+
+    config_class = GPTSpamConfig
+    base_model_prefix = "gpt"
+    supports_gradient_checkpointing = False
+    _no_split_modules = ["TransformerBlock"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Only modules that transformers has not marked as loaded reach this method, so freshly
+        # loaded weights are never re-randomised. Use torch.nn.init (no ``.data`` writes).
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, LayerNorm):
+            nn.init.ones_(module.scale)
+            nn.init.zeros_(module.shift)
+
+
+class GPTSpamForSequenceClassification(GPTSpamPreTrainedModel):
+    """The chapter's GPT with a ``num_labels``-way ``out_head`` read at one (pooled) position."""
+
+    def __init__(self, config: GPTSpamConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.gpt = GPTModel(config, out_dim=config.num_labels)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.gpt.tok_emb
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.gpt.tok_emb = value
+
+    def trunk_attention_mask(self, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """The padding mask the blocks need, or ``None`` for the fused causal fast path.
+
+        With right padding and a causal mask, real tokens never see padding, so the padding mask
+        changes nothing that ``first``/``last_non_pad``/``mean`` read, and ``last`` reads a padding
+        position exactly as the chapter computed it (no key mask). Only without the causal mask
+        must padding keys be hidden.
+        """
+        return None if self.config.causal else attention_mask
+
+    def classify(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Final norm, pooling and head on block outputs: ``[b, t, d] -> [b, num_labels]``.
+
+        Pooling before the head equals the chapter's ``out_head(...)[:, -1, :]`` because the head is
+        linear per token, and skips computing logits for every other position.
+        """
+        pooled = pool_hidden_states(self.gpt.final_norm(hidden), attention_mask, self.config.pooling)
+        return self.gpt.out_head(pooled)
+
+    def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
+        if labels is None:
+            return None
+        return F.cross_entropy(logits.float(), labels.to(logits.device).long())
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput:
+        # output_attentions/output_hidden_states/return_dict are accepted because peft's
+        # sequence-classification wrapper passes them; this model always returns a ModelOutput.
+        if inputs_embeds is not None:
+            pos = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)
+            x = self.gpt.drop_emb(inputs_embeds + self.gpt.pos_emb(pos))
+        elif input_ids is not None:
+            x = self.gpt.embed(input_ids)
+        else:
+            raise ValueError("forward: pass input_ids or inputs_embeds")
+        hidden = self.gpt.run_blocks(x, self.trunk_attention_mask(attention_mask))
+        logits = self.classify(hidden, attention_mask)
+        return SequenceClassifierOutput(loss=self.compute_loss(logits, labels), logits=logits)
+
+    def load_chapter_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load a state dict saved by the chapter's notebook (``review_classifier.pth``), strictly."""
+        self.gpt.load_state_dict(state_dict, strict=True)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+__all__ = [
+    "MODEL_PRESETS",
+    "GPTSpamConfig",
+    "GPTModel",
+    "GPTSpamPreTrainedModel",
+    "GPTSpamForSequenceClassification",
+    "count_parameters",
+]
