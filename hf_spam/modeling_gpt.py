@@ -247,13 +247,14 @@ def build_attention_mask(
 class GPTModel(nn.Module):
     """The chapter's GPT: embeddings, ``n_layers`` blocks, final norm and an output head.
 
-    ``out_dim`` is the head's width: the vocabulary for a language model, ``num_labels`` for the
-    classifier (the chapter swaps ``out_head`` for a 2-way Linear layer). ``forward`` returns
+    ``out_dim`` is the head's width: the vocabulary for a language model (no bias, GPT-2's tied
+    head), ``num_labels`` for the classifier (the chapter swaps ``out_head`` for a 2-way
+    ``nn.Linear``, which has a bias: ``out_bias=True``). ``forward`` returns
     per-token logits like the chapter's model; ``embed``/``run_blocks``/``final_norm`` are exposed
     separately so callers can run a slice of the network (frozen-trunk feature caching).
     """
 
-    def __init__(self, cfg: GPTSpamConfig, out_dim: int | None = None):
+    def __init__(self, cfg: GPTSpamConfig, out_dim: int | None = None, out_bias: bool = False):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
@@ -261,7 +262,7 @@ class GPTModel(nn.Module):
         self.drop_emb = nn.Dropout(cfg.drop_rate)
         self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg.n_layers)])
         self.final_norm = LayerNorm(cfg.emb_dim, cfg.layer_norm_eps)
-        self.out_head = nn.Linear(cfg.emb_dim, out_dim or cfg.vocab_size, bias=False)
+        self.out_head = nn.Linear(cfg.emb_dim, out_dim or cfg.vocab_size, bias=out_bias)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Token + position embeddings (with embedding dropout)."""
@@ -346,7 +347,7 @@ class GPTSpamForSequenceClassification(GPTSpamPreTrainedModel):
     def __init__(self, config: GPTSpamConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.gpt = GPTModel(config, out_dim=config.num_labels)
+        self.gpt = GPTModel(config, out_dim=config.num_labels, out_bias=True)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
