@@ -174,9 +174,10 @@ class FeedForward(nn.Module):
 class MultiHeadAttention(nn.Module):
     """Multi-head self-attention with separate query/key/value projections (the chapter's layout).
 
-    The chapter registers a ``[context, context]`` causal-mask buffer; we let PyTorch's fused
-    ``scaled_dot_product_attention`` apply causality instead, so no mask lands in checkpoints and
-    the chapter's state dicts (which do not save that buffer either) load unchanged.
+    The chapter registers a ``[context, context]`` causal-mask buffer (persistent, so it sits in
+    the chapter's state dicts); we let PyTorch's fused ``scaled_dot_product_attention`` apply
+    causality instead, so no mask lands in our checkpoints. ``load_chapter_state_dict`` checks
+    and drops the chapter's mask buffers.
     """
 
     def __init__(self, cfg: GPTSpamConfig):
@@ -204,6 +205,22 @@ class MultiHeadAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
         return self.out_proj(y.transpose(1, 2).reshape(b, t, d))
 
+    def attend_at(self, x: torch.Tensor, index: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """The attention output at one query position per row: ``x [b, t, d]``, ``index [b]`` -> ``[b, d]``.
+
+        ``key_mask [b, t]`` (bool) says which keys that query sees. Keys and values are projected for
+        every position, the query, the attention and ``out_proj`` only for the one position: the
+        cheap way to run a classifier's last block when the pooling reads a single token.
+        """
+        b, t, d = x.shape
+        rows = torch.arange(b, device=x.device)
+        q = self.W_query(x[rows, index]).view(b, 1, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.W_key(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        v = self.W_value(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        dropout_p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=dropout_p)
+        return self.out_proj(y.reshape(b, d))
+
 
 class TransformerBlock(nn.Module):
     """Pre-LayerNorm block: x + att(norm1(x)), then x + ff(norm2(x))."""
@@ -220,6 +237,13 @@ class TransformerBlock(nn.Module):
         x = x + self.drop_resid(self.att(self.norm1(x), attn_mask))
         x = x + self.drop_resid(self.ff(self.norm2(x)))
         return x
+
+    def forward_at(self, x: torch.Tensor, index: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """This block's output at one position per row (``[b, t, d]`` -> ``[b, d]``); equal to
+        ``forward(x)[rows, index]`` when ``key_mask`` is the mask that position's query sees there."""
+        rows = torch.arange(x.shape[0], device=x.device)
+        y = x[rows, index] + self.drop_resid(self.att.attend_at(self.norm1(x), index, key_mask))
+        return y + self.drop_resid(self.ff(self.norm2(y)))
 
 
 def build_attention_mask(
@@ -317,6 +341,23 @@ def pool_hidden_states(
     raise ValueError(f"pooling: unknown value {pooling!r}; expected one of {', '.join(POOLING_CHOICES)}")
 
 
+def pooling_index(attention_mask: torch.Tensor | None, batch: int, seq_len: int, pooling: str,
+                  device: torch.device | None = None) -> torch.Tensor | None:
+    """The position ``[b]`` that ``pool_hidden_states`` reads for each row, or ``None`` for ``mean``
+    (which reads every real token)."""
+    if pooling == "last":
+        return torch.full((batch,), seq_len - 1, dtype=torch.long, device=device)
+    if pooling == "first":
+        return torch.zeros(batch, dtype=torch.long, device=device)
+    if pooling == "last_non_pad":
+        if attention_mask is None:
+            return torch.full((batch,), seq_len - 1, dtype=torch.long, device=device)
+        return attention_mask.long().sum(dim=1).clamp(min=1) - 1
+    if pooling == "mean":
+        return None
+    raise ValueError(f"pooling: unknown value {pooling!r}; expected one of {', '.join(POOLING_CHOICES)}")
+
+
 class GPTSpamPreTrainedModel(PreTrainedModel):
     """Weight init and loading glue shared by the models below."""
 
@@ -343,6 +384,11 @@ class GPTSpamPreTrainedModel(PreTrainedModel):
 
 class GPTSpamForSequenceClassification(GPTSpamPreTrainedModel):
     """The chapter's GPT with a ``num_labels``-way ``out_head`` read at one (pooled) position."""
+
+    # `forward` takes **kwargs (peft passes extras) but returns a per-batch mean loss: tell Trainer
+    # not to treat it as normalised by `num_items_in_batch`. Otherwise Trainer skips the division by
+    # gradient_accumulation_steps and multiplies the loss by the number of processes.
+    accepts_loss_kwargs = False
 
     def __init__(self, config: GPTSpamConfig):
         super().__init__(config)
@@ -375,6 +421,36 @@ class GPTSpamForSequenceClassification(GPTSpamPreTrainedModel):
         pooled = pool_hidden_states(self.gpt.final_norm(hidden), attention_mask, self.config.pooling)
         return self.gpt.out_head(pooled)
 
+    def logits_from_block(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, start: int
+    ) -> torch.Tensor:
+        """Logits from the output of ``trf_blocks[:start]`` (``[b, t, d]`` -> ``[b, num_labels]``).
+
+        Equals ``classify(run_blocks(hidden, ..., start=start), attention_mask)``, but when the
+        pooling reads one token the last block runs only at that token (its keys and values still
+        cover the whole text): about a sixth of that block's work. Used to train and evaluate the
+        trainable top of the model on cached outputs of a frozen trunk (``hf_spam.feature_cache``).
+        """
+        n = len(self.gpt.trf_blocks)
+        b, t, _ = hidden.shape
+        index = pooling_index(attention_mask, b, t, self.config.pooling, hidden.device)
+        trunk_mask = self.trunk_attention_mask(attention_mask)
+        if index is None or start >= n:
+            return self.classify(self.gpt.run_blocks(hidden, trunk_mask, start), attention_mask)
+        hidden = self.gpt.run_blocks(hidden, trunk_mask, start, n - 1)
+        # The keys the pooled query sees in `forward`: causal -> every position up to it (padding
+        # included, as the chapter's `last` pooling reads it); otherwise the real tokens.
+        positions = torch.arange(t, device=hidden.device)
+        if self.config.causal:
+            key_mask = positions[None, :] <= index[:, None]
+        elif attention_mask is not None:
+            key_mask = attention_mask.to(torch.bool)
+            key_mask = key_mask | ~key_mask.any(dim=-1, keepdim=True)
+        else:
+            key_mask = torch.ones(b, t, dtype=torch.bool, device=hidden.device)
+        pooled = self.gpt.trf_blocks[n - 1].forward_at(hidden, index, key_mask)
+        return self.gpt.out_head(self.gpt.final_norm(pooled))
+
     def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
         if labels is None:
             return None
@@ -405,8 +481,21 @@ class GPTSpamForSequenceClassification(GPTSpamPreTrainedModel):
         return SequenceClassifierOutput(loss=self.compute_loss(logits, labels), logits=logits)
 
     def load_chapter_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Load a state dict saved by the chapter's notebook (``review_classifier.pth``), strictly."""
-        self.gpt.load_state_dict(state_dict, strict=True)
+        """Load a state dict saved by the chapter's notebook (``review_classifier.pth``), strictly.
+
+        The chapter registers each block's causal mask as a persistent buffer (``att.mask``), so its
+        files carry them; we check they are the causal mask our attention applies, then drop them.
+        """
+        weights = {}
+        for key, value in state_dict.items():
+            if key.endswith(".att.mask"):
+                n = value.shape[-1]
+                expected = torch.triu(torch.ones(n, n, dtype=value.dtype, device=value.device), diagonal=1)
+                if value.dim() != 2 or not torch.equal(value.bool(), expected.bool()):
+                    raise ValueError(f"{key}: expected the chapter's causal mask (upper triangle of ones)")
+                continue
+            weights[key] = value
+        self.gpt.load_state_dict(weights, strict=True)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -211,3 +211,83 @@ class PaddingCollator:
         if label_key is not None:
             batch["labels"] = torch.tensor([int(f[label_key]) for f in features], dtype=torch.long)
         return batch
+
+
+# --------------------------------------------------------------------------------------------
+# The same tokenizer as a Hugging Face tokenizer (for Hub folders, pipelines, AutoTokenizer)
+# --------------------------------------------------------------------------------------------
+
+# HF's names for OpenAI's two files (same bytes): encoder.json is vocab.json, vocab.bpe is merges.txt.
+HF_BPE_FILE_NAMES = {"encoder.json": "vocab.json", "vocab.bpe": "merges.txt"}
+
+
+def build_hf_tokenizer(bpe_dir: str | os.PathLike | None = None) -> Any:
+    """A ``GPT2TokenizerFast`` that gives exactly our tiktoken ids, built offline from GPT-2's BPE files.
+
+    ``<|endoftext|>`` is the pad token (right padding, ``model_max_length=1024``), and the text
+    ``<|endoftext|>`` inside a message is encoded as ordinary text (``split_special_tokens=True``),
+    like tiktoken's ``encode_ordinary`` that training uses. The setting is saved with the tokenizer.
+    """
+    from transformers import GPT2TokenizerFast
+
+    files = gpt2_bpe_files(bpe_dir)
+    vocab = json.loads(files["encoder.json"])
+    # vocab.bpe: a "#version" header line, then one "left right" merge per line, in rank order.
+    merges = [tuple(line.split(" ")) for line in files["vocab.bpe"].decode("utf-8").splitlines()[1:] if line]
+    return GPT2TokenizerFast(
+        vocab=vocab,
+        merges=merges,
+        pad_token=END_OF_TEXT,
+        padding_side="right",
+        model_max_length=1024,
+        split_special_tokens=True,
+    )
+
+
+def save_hf_tokenizer(folder: str | os.PathLike, bpe_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Write the HF tokenizer files (``tokenizer.json``, ``tokenizer_config.json``) and GPT-2's
+    ``vocab.json``/``merges.txt`` into ``folder``; returns the paths written."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [Path(p) for p in build_hf_tokenizer(bpe_dir).save_pretrained(str(out))]
+    # The raw BPE files too: older transformers, slow tokenizers and `encoding_for_folder` read them.
+    for name, data in gpt2_bpe_files(bpe_dir).items():
+        target = out / HF_BPE_FILE_NAMES[name]
+        target.write_bytes(data)
+        written.append(target)
+    return sorted({p for p in written if p.is_file()})
+
+
+def encoding_for_folder(
+    folder: str | os.PathLike | None, bpe_dir: str | os.PathLike | None = None
+) -> tiktoken.Encoding:
+    """tiktoken's GPT-2 encoding for a saved model folder, without a download when possible.
+
+    Order: ``bpe_dir``/``$HF_SPAM_BPE_DIR``; else the folder's ``vocab.json``/``merges.txt`` when
+    they are byte-identical to GPT-2's files (sha256 checked); else ``get_encoding()``.
+    """
+    if resolve_bpe_dir(bpe_dir) is not None or folder is None:
+        return get_encoding(bpe_dir)
+    local = Path(folder)
+    hf_names = {hf: name for name, hf in HF_BPE_FILE_NAMES.items()}
+    paths = {hf_names[hf]: local / hf for hf in hf_names}
+    if all(p.is_file() for p in paths.values()) and all(
+        hashlib.sha256(p.read_bytes()).hexdigest() == BPE_SHA256[name] for name, p in paths.items()
+    ):
+        return _encoding_from_hf_folder(str(local.resolve()))
+    return get_encoding()
+
+
+@lru_cache(maxsize=4)
+def _encoding_from_hf_folder(folder: str) -> tiktoken.Encoding:
+    # Same construction as `_encoding_from_dir`, reading HF's file names (checked by the caller).
+    byte_decoder = {ch: b for b, ch in _bytes_to_unicode().items()}
+    encoder = json.loads((Path(folder) / "vocab.json").read_bytes())
+    ranks = {bytes(byte_decoder[ch] for ch in token): rank for token, rank in encoder.items() if token != END_OF_TEXT}
+    return tiktoken.Encoding(
+        name="gpt2",
+        pat_str=GPT2_PAT_STR,
+        mergeable_ranks=ranks,
+        special_tokens={END_OF_TEXT: PAD_TOKEN_ID},
+        explicit_n_vocab=50257,
+    )

@@ -71,6 +71,14 @@ class ModelArguments:
         default="last_block", metadata={"help": f"What is trained: {', '.join(TRAINABLE_LAYER_CHOICES)}."}
     )
     pooling: str = field(default="last", metadata={"help": f"Token(s) classified: {', '.join(POOLING_CHOICES)}."})
+    cache_features: bool = field(
+        default=True,
+        metadata={
+            "help": "With a frozen trunk (last_layer, last_block, last_two_blocks) and dropout 0, run the frozen "
+            "blocks once per example (cached on disk under DATA_CACHE_DIR/features) and train only the top: same "
+            "results, much faster. false: recompute the whole model every step."
+        },
+    )
     drop_rate: float = field(default=0.0, metadata={"help": "Dropout rate (the chapter fine-tunes with 0.0)."})
     disable_causal_mask: bool = field(default=False, metadata={"help": "Let every token attend to every token."})
     lora_rank: int = field(default=16, metadata={"help": "LoRA rank r (with --trainable_layers lora)."})
@@ -111,8 +119,12 @@ ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments)
 # --------------------------------------------------------------------------------------------
 
 
-def _yaml_to_flags(path: Path, known: set[str]) -> list[str]:
-    """Turn a flat YAML mapping into ``--key value`` flags, refusing keys no dataclass has."""
+def _yaml_to_flags(path: Path, known: set[str], _including: tuple[Path, ...] = ()) -> list[str]:
+    """Turn a flat YAML mapping into ``--key value`` flags, refusing keys no dataclass has.
+
+    ``include: OTHER.yaml`` (a path relative to this file) reads another config first, so a file can
+    hold just its changes to a recipe; the including file's keys win.
+    """
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -124,6 +136,16 @@ def _yaml_to_flags(path: Path, known: set[str]) -> list[str]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of argument names to values")
     flags: list[str] = []
+    include = raw.pop("include", None)
+    if include is not None:
+        if not isinstance(include, str) or not include:
+            raise ConfigError(f"{path}: include: expected the path of another YAML config")
+        included = (path.parent / include).resolve()
+        if included in (*_including, path.resolve()):
+            raise ConfigError(f"{path}: include: {include} includes itself (directly or through other files)")
+        if not included.is_file():
+            raise ConfigError(f"{path}: include: {included} not found")
+        flags += _yaml_to_flags(included, known, (*_including, path.resolve()))
     for key, value in raw.items():
         if key not in known:
             raise ConfigError(f"{path}: unknown key {key!r}; expected an argument of scripts/train.py (see --help)")
@@ -149,7 +171,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
             raise ConfigError("--config: expected a YAML file path")
         config_path = Path(argv[i + 1])
         argv = _yaml_to_flags(config_path, known) + argv[:i] + argv[i + 2 :]
-    if "--output_dir" not in argv:
+    if "--output_dir" not in argv and not {"-h", "--help"} & set(argv):
         raise ConfigError("--output_dir: required (where the model, metrics and plots are written)")
     model_args, data_args, training_args, rest = parser.parse_args_into_dataclasses(
         args=argv, return_remaining_strings=True
@@ -283,11 +305,12 @@ def full_set_metrics(trainer: Trainer, splits: dict[str, Any]) -> dict[str, floa
     also with several processes: Trainer gathers with ``gather_for_metrics``)."""
     out: dict[str, float] = {}
     for name, ds in splits.items():
-        metrics = trainer.predict(ds, metric_key_prefix=name).metrics
+        result = trainer.predict(ds, metric_key_prefix=name)
         for key in ("accuracy", "precision", "recall", "f1", "loss"):
-            if f"{name}_{key}" in metrics:
-                out[f"{name}_{key}"] = float(metrics[f"{name}_{key}"])
-        out[f"{name}_examples"] = len(ds)
+            if f"{name}_{key}" in result.metrics:
+                out[f"{name}_{key}"] = float(result.metrics[f"{name}_{key}"])
+        # How many predictions were scored (after gathering across processes): must equal len(ds).
+        out[f"{name}_examples"] = int(len(result.label_ids))
     return out
 
 
@@ -462,6 +485,19 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     trainable, total = count_parameters(model)
     logger.info("Trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
 
+    # ---- frozen-trunk feature cache: the frozen blocks run once per example, Trainer trains the top ----
+    collator: Any = PaddingCollator()
+    if model_args.cache_features and model is full_model:
+        from .feature_cache import default_feature_cache_dir, prepare_cached_training
+
+        cached = prepare_cached_training(
+            full_model, tokenized, trainable_layers=model_args.trainable_layers, padding=data_args.padding,
+            training_args=training_args, cache_dir=default_feature_cache_dir(data_args.data_cache_dir),
+        )
+        if cached is not None:
+            # Every split (train, eval, the epoch-accuracy subset, full-set metrics) is read from the cache.
+            model, tokenized, collator = cached.model, cached.datasets, cached.collator
+
     # ---- Trainer ----
     from .metrics import trainer_compute_metrics
 
@@ -472,14 +508,14 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
         args=training_args,
         train_dataset=tokenized["train"],
         eval_dataset=tokenized["validation"],
-        data_collator=PaddingCollator(),
+        data_collator=collator,
         compute_metrics=trainer_compute_metrics,
         callbacks=[epoch_acc, HistoryLogCallback(out_dir / "train.log")],
     )
     epoch_acc.trainer = trainer
 
     # ---- train ----
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_result = trainer.train(resume_from_checkpoint=resume_target(training_args.resume_from_checkpoint))
     train_seconds = time.time() - started
 
     # ---- evaluate on every example of each split ----
@@ -532,13 +568,26 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     return metrics
 
 
+def resume_target(value: str | bool | None) -> str | bool | None:
+    """``--resume_from_checkpoint``: a checkpoint folder, or ``true``/``last`` for the newest one
+    in ``output_dir`` (Trainer's ``True``)."""
+    if isinstance(value, str) and value.lower() in ("true", "last", "latest", "1", "yes"):
+        return True
+    if isinstance(value, str) and value.lower() in ("false", "0", "no", "none", ""):
+        return None
+    if isinstance(value, str) and not Path(value).is_dir():
+        raise ConfigError(f"--resume_from_checkpoint: {value} is not a checkpoint folder")
+    return value
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """Error types that are the user's input, reported as one line without a traceback."""
     errors: list[type[BaseException]] = [ConfigError, FileNotFoundError]
     from .data import DataFileError
     from .download import DownloadError
+    from .lora import LoraError
 
-    errors += [DataFileError, DownloadError]
+    errors += [DataFileError, DownloadError, LoraError]
     try:
         from .weights import WeightsError, WeightsUnavailableError
 

@@ -36,3 +36,24 @@ def bpe_dir() -> Path:
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT
+
+
+def run_train(args: list[str], *, launcher: list[str] | None = None, timeout: int = 600, env: dict | None = None):
+    """Run scripts/train.py in a subprocess (optionally under ``accelerate launch``); returns the result."""
+    import subprocess
+    import sys
+
+    cmd = (launcher or [sys.executable]) + [str(ROOT / "scripts" / "train.py"), *args]
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, sms_file) -> Path:
+    """One real training run of configs/tiny.yaml on the real data, shared by the tests that need
+    a trained model folder (the acceptance command of the core pipeline)."""
+    out = tmp_path_factory.mktemp("tiny_run")
+    result = run_train(["--config", "configs/tiny.yaml", "--data_file", str(sms_file), "--output_dir", str(out)])
+    if result.returncode != 0:
+        pytest.fail(f"tiny training run failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return out

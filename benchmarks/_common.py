@@ -1,0 +1,194 @@
+"""Shared pieces of the benchmark scripts: one subprocess per measured case, peak RSS, tables.
+
+Each benchmark script is its own driver: run without ``--worker`` it starts itself once per case
+as ``python benchmarks/bench_X.py --worker CASE ...`` (so peak memory and warm caches never mix
+between cases), reads the JSON line each worker prints last, and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_FILE = ROOT.parent / "shared" / "data" / "sms_spam_collection" / "SMSSpamCollection"
+RESULT_PREFIX = "BENCH_RESULT "
+
+
+class BenchError(RuntimeError):
+    """A case that could not be measured (its worker failed); the message says which and why."""
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true",
+                        help="Smoke run: the tiny model, a few steps, a few seconds (for the test suite).")
+    parser.add_argument("--data_file", default=None,
+                        help=f"SMSSpamCollection file (default: {DEFAULT_DATA_FILE} if present, else download).")
+    parser.add_argument("--cases", nargs="*", default=None, help="Only these cases (default: all).")
+    parser.add_argument("--json", default=None, help="Also write the results as JSON to this file.")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def data_file_arg(value: str | None) -> str | None:
+    """The SMS file to read: the argument, else ../shared's copy when present, else None (download)."""
+    if value:
+        return value
+    return str(DEFAULT_DATA_FILE) if DEFAULT_DATA_FILE.is_file() else None
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MiB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def emit(result: dict[str, Any]) -> None:
+    """Worker side: print the result (with this process's peak RSS) as the last stdout line."""
+    result = {**result, "peak_rss_mb": round(peak_rss_mb(), 1)}
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def run_case(script: str | Path, case: str, argv: Sequence[str], timeout: float = 3600) -> dict[str, Any]:
+    """Driver side: run ``script --worker case argv...`` in a fresh process and return its result."""
+    cmd = [sys.executable, str(script), "--worker", case, *argv]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"case {case}: no result within {timeout:.0f} s") from None
+    wall = time.perf_counter() - started
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise BenchError(f"case {case}: worker exited with {proc.returncode}: {' | '.join(tail)}")
+    result = json.loads(lines[-1][len(RESULT_PREFIX):])
+    result.setdefault("process_wall_s", round(wall, 2))
+    return result
+
+
+def run_command_measured(
+    cmd: Sequence[str], log_file: Path, timeout: float = 7200, env: dict | None = None
+) -> dict[str, Any]:
+    """Run a whole command (e.g. ``scripts/train.py``) in its own process, output to ``log_file``:
+    wall time and that process's own peak RSS (``os.wait4``'s rusage of exactly this child)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with open(log_file, "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(list(cmd), cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() - started > timeout:
+                proc.kill()
+                os.wait4(proc.pid, 0)
+                raise BenchError(f"{' '.join(cmd[1:3])} ...: no result within {timeout:.0f} s (log: {log_file})")
+            time.sleep(0.05)
+    wall = time.perf_counter() - started
+    code = os.waitstatus_to_exitcode(status)
+    proc.returncode = code  # already reaped: keep Popen from waiting again
+    if code != 0:
+        tail = log_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
+        raise BenchError(f"{' '.join(cmd[1:3])}: exited with {code}: {' | '.join(tail)}")
+    peak = usage.ru_maxrss / (1024 * 1024) if sys.platform == "darwin" else usage.ru_maxrss / 1024
+    return {"wall_s": round(wall, 2), "peak_rss_mb": round(peak, 1)}
+
+
+def timed(fn: Callable[[], Any], repeat: int, warmup: int = 1) -> list[float]:
+    """Seconds per call of ``fn`` for ``repeat`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def machine_description() -> str:
+    """CPU model, cores, torch threads and bf16 support, in one line."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        flags = Path("/proc/cpuinfo").read_text()
+        bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        bf16 = False
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        f"{cpu}, {os.cpu_count()} cores ({platform.machine()}), torch {torch.__version__} with "
+        f"{torch.get_num_threads()} threads, bf16 instructions: {'yes' if bf16 else 'no'}, "
+        f"load average at start {load:.2f}"
+    )
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 100 else f"{v:,.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_json(path: str | None, data: Any) -> None:
+    """Write results atomically (temp file in the same folder, then rename)."""
+    if not path:
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    os.replace(tmp, target)
+
+
+def gpt2_small_or_tiny(quick: bool) -> str:
+    return "tiny" if quick else "gpt2-small"
+
+
+def small_sms_file(source: str | None, folder: Path, lines: int = 600) -> str:
+    """The first ``lines`` lines of the real collection (balanced: a few dozen texts per split), for
+    quick runs. Needs the real file."""
+    if source is None:
+        raise BenchError("--quick needs the SMS file (--data_file or ../shared's copy)")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "SMSSpamCollection"
+    with open(source, encoding="utf-8") as f:
+        head = [line for _, line in zip(range(lines), f)]
+    path.write_text("".join(head), encoding="utf-8")
+    return str(path)
+
+
+def main_guard(fn: Callable[[], None]) -> None:
+    """Run ``fn``; a failed case or bad input is one line on stderr and exit status 1, no traceback."""
+    try:
+        fn()
+    except (BenchError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)

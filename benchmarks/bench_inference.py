@@ -1,0 +1,124 @@
+"""Inference texts/s: ours (``hf_spam.predict.SpamClassifier``: length-sorted batches, dynamic
+padding, inference_mode, optional bf16) vs the chapter's ``classify_review`` (one text at a time,
+padded to 120 tokens).
+
+GPT-2 small shape, random weights (speed does not depend on the weights), the texts of the
+chapter's test split. Each case runs in its own process. Run from the repository root:
+
+    python benchmarks/bench_inference.py            # GPT-2 small, about a minute
+    python benchmarks/bench_inference.py --quick    # tiny model, seconds (smoke test)
+"""
+
+from __future__ import annotations
+
+import time
+
+from _common import (
+    base_parser,
+    data_file_arg,
+    emit,
+    gpt2_small_or_tiny,
+    machine_description,
+    main_guard,
+    markdown_table,
+    run_case,
+    write_json,
+)
+
+CHAPTER_LENGTH = 120
+# case: (description, batch size, padding)
+CASES = {
+    "chapter_one_at_a_time_120": ("chapter's classify_review: one text at a time", "1", "120 (fixed)"),
+    "ours_batched_120": ("ours, batched, `last` pooling", "64", "120 (fixed)"),
+    "ours_batched_dynamic": ("ours, batched, length-sorted, last_non_pad", "64", "dynamic"),
+    "ours_batched_dynamic_bf16": ("same, bf16 autocast", "64", "dynamic"),
+}
+BASELINE = "chapter_one_at_a_time_120"
+
+
+def test_texts(data_file: str | None, n: int) -> list[str]:
+    from hf_spam.data import load_sms_spam
+
+    test = load_sms_spam(data_file)["test"]
+    return list(test.select(range(min(n, len(test))))["text"])
+
+
+def worker(case: str, args) -> None:  # noqa: ANN001
+    import torch
+
+    from hf_spam.modeling_gpt import GPTSpamConfig, GPTSpamForSequenceClassification
+    from hf_spam.tokenization import get_encoding
+
+    model_size = gpt2_small_or_tiny(args.quick)
+    texts = test_texts(args.data_file, 8 if args.quick else args.texts)
+    enc = get_encoding()
+    pooling = "last_non_pad" if "dynamic" in case else "last"
+    torch.manual_seed(123)
+    config = GPTSpamConfig.from_preset(model_size, pooling=pooling,
+                                       **({} if "dynamic" in case else {"padded_length": CHAPTER_LENGTH}))
+    model = GPTSpamForSequenceClassification(config).eval()
+    if case == BASELINE:
+        def run() -> list[str]:
+            # The chapter's classify_review: encode, cut, pad to 120, one forward pass per text.
+            labels = []
+            for text in texts:
+                ids = enc.encode(text, allowed_special={"<|endoftext|>"})[:CHAPTER_LENGTH]
+                ids += [50256] * (CHAPTER_LENGTH - len(ids))
+                with torch.no_grad():
+                    logits = model(input_ids=torch.tensor(ids).unsqueeze(0)).logits
+                labels.append("spam" if torch.argmax(logits, dim=-1).item() == 1 else "ham")
+            return labels
+        repeats = 1
+    else:
+        from hf_spam.predict import SpamClassifier
+
+        clf = SpamClassifier(model, enc, device="cpu", dtype="bfloat16" if "bf16" in case else None)
+
+        def run() -> list[str]:
+            return [r["label"] for r in clf.predict(texts, batch_size=64, return_text=False)]
+        repeats = 1 if args.quick else 3
+    run()  # warm-up (first-call allocations, oneDNN kernel selection)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    best = min(times)
+    emit({"case": case, "model_size": model_size, "texts": len(texts), "seconds": best,
+          "texts_per_s": len(texts) / best, "repeats": repeats})
+
+
+def main() -> None:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--texts", type=int, default=96, help="Texts classified per case (from the test split).")
+    args = parser.parse_args()
+    args.data_file = data_file_arg(args.data_file)
+    if args.worker:
+        return worker(args.worker, args)
+    cases = args.cases or list(CASES)
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        raise ValueError(f"--cases: unknown {unknown}; expected some of {', '.join(CASES)}")
+    machine = machine_description()
+    print(f"Machine: {machine}\n", flush=True)
+    forwarded = (["--quick"] if args.quick else []) + ["--texts", str(args.texts)]
+    forwarded += ["--data_file", args.data_file] if args.data_file else []
+    results = {}
+    for case in cases:
+        results[case] = run_case(__file__, case, forwarded)
+        print(f"  {case}: {results[case]['texts_per_s']:.1f} texts/s", flush=True)
+    base = results.get(BASELINE)
+    rows = []
+    for case, r in results.items():
+        desc, batch, padding = CASES[case]
+        speedup = f"{r['texts_per_s'] / base['texts_per_s']:.1f}x" if base else "n/a"
+        rows.append([desc, batch, padding, r["texts_per_s"], speedup, f"{r['peak_rss_mb']:,.0f}"])
+    size = "tiny (smoke run: not a measurement)" if args.quick else "GPT-2 small (124M), random weights"
+    n = next(iter(results.values()))["texts"]
+    print(f"\n### Inference, {size}, {n} texts of the test split\n")
+    print(markdown_table(["path", "batch", "padding", "texts/s", f"vs {BASELINE}", "peak RSS (MB)"], rows))
+    write_json(args.json, {"machine": machine, "results": results})
+
+
+if __name__ == "__main__":
+    main_guard(main)

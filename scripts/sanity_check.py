@@ -1,0 +1,9 @@
+"""The chapter's sanity checks: pretrained GPT-2 continues "Every effort moves you" and meets the zero-shot spam prompt.
+
+    python scripts/sanity_check.py [--model_name_or_path openai-community/gpt2|LOCAL_DIR] [--bpe_dir DIR]
+"""
+
+from hf_spam.sanity import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+"""Speed features keep results: the frozen-trunk feature cache (same trajectory, reused, invalidated,
+resumable) and bf16 mixed precision (same accuracy within noise). Real Trainer runs on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from hf_spam.data import load_sms_spam
+from hf_spam.feature_cache import (
+    FrozenTrunkSuffix,
+    caching_blocker,
+    prepare_cached_training,
+)
+from hf_spam.metrics import trainer_compute_metrics
+from hf_spam.modeling_gpt import GPTSpamConfig, GPTSpamForSequenceClassification
+from hf_spam.tokenization import PaddingCollator, tokenize_splits
+from hf_spam.training import ModelArguments, build_model, parse_args, run, set_trainable_layers
+
+SIZES = {"train": 96, "validation": 24, "test": 24}
+
+
+@pytest.fixture(scope="module")
+def raw(sms_file):
+    """The chapter's balanced splits of the real collection, cut to a few dozen texts each."""
+    data = load_sms_spam(sms_file)
+    return type(data)({split: data[split].select(range(n)) for split, n in SIZES.items()})
+
+
+def tokenized_splits(raw, padding: str):
+    tok, length = tokenize_splits(raw, padding=padding)
+    return tok.rename_column("label", "labels").remove_columns(["text"]), length
+
+
+def tiny_model(trainable: str, pooling: str, length: int | None, **config) -> GPTSpamForSequenceClassification:
+    args = ModelArguments(model_size="tiny", weights="random", trainable_layers=trainable, pooling=pooling, **config)
+    model = build_model(args, max_length=length)
+    set_trainable_layers(model, trainable)
+    return model
+
+
+class StepLosses(TrainerCallback):
+    """The loss of every optimizer step (logging_steps=1)."""
+
+    def __init__(self):
+        self.losses: list[float] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 - Trainer's signature
+        if logs and "loss" in logs:
+            self.losses.append(float(logs["loss"]))
+
+
+def trainer_args(out: Path, **overrides) -> TrainingArguments:
+    # A high learning rate makes a wrong gradient, decay group or data order show up in the losses.
+    kwargs = dict(
+        output_dir=str(out), per_device_train_batch_size=8, per_device_eval_batch_size=8, learning_rate=2e-3,
+        weight_decay=0.1, lr_scheduler_type="constant", max_steps=24, logging_steps=1, save_strategy="no",
+        report_to="none", seed=123, use_cpu=True, disable_tqdm=True, dataloader_drop_last=True,
+    )
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)
+
+
+def train_once(raw, tmp_path: Path, *, trainable: str, pooling: str, padding: str, cache: bool, **overrides):
+    """One real Trainer run; returns (per-step losses, validation metrics, full model, cache info)."""
+    tok, length = tokenized_splits(raw, padding)
+    full = tiny_model(trainable, pooling, length)
+    args = trainer_args(tmp_path / ("cached" if cache else "plain"), **overrides)
+    model, data, collator, info = full, tok, PaddingCollator(), None
+    if cache:
+        info = prepare_cached_training(
+            full, tok, trainable_layers=trainable, padding=padding, training_args=args, cache_dir=tmp_path / "cache"
+        )
+        assert info is not None
+        model, data, collator = info.model, info.datasets, info.collator
+    losses = StepLosses()
+    trainer = Trainer(model=model, args=args, train_dataset=data["train"], eval_dataset=data["validation"],
+                      data_collator=collator, compute_metrics=trainer_compute_metrics, callbacks=[losses])
+    trainer.train()
+    metrics = trainer.evaluate()
+    return losses.losses, metrics, full, info
+
+
+@pytest.mark.parametrize(
+    "trainable, pooling, padding",
+    [
+        ("last_block", "last_non_pad", "dynamic"),  # configs/seed_fast.yaml
+        ("last_two_blocks", "last", "longest_train"),  # the chapter's padding and pooling, two blocks trained
+        ("last_layer", "mean", "dynamic"),  # whole trunk cached, pooled
+    ],
+)
+def test_cached_training_follows_the_uncached_trajectory(raw, tmp_path, trainable, pooling, padding):
+    plain_losses, plain_eval, plain_model, _ = train_once(
+        raw, tmp_path, trainable=trainable, pooling=pooling, padding=padding, cache=False)
+    cached_losses, cached_eval, cached_model, info = train_once(
+        raw, tmp_path, trainable=trainable, pooling=pooling, padding=padding, cache=True)
+    assert len(plain_losses) == len(cached_losses) == 24
+    # The loss moves by far more than the tolerance over these steps: the comparison is not vacuous.
+    assert max(plain_losses) - min(plain_losses) > 0.05
+    for step, (a, b) in enumerate(zip(plain_losses, cached_losses), start=1):
+        assert abs(a - b) <= 1e-5, f"step {step}: uncached loss {a} vs cached {b}"
+    assert abs(plain_eval["eval_loss"] - cached_eval["eval_loss"]) <= 1e-5
+    assert plain_eval["eval_accuracy"] == cached_eval["eval_accuracy"]
+    # The cached run trained the full model's own parameters (what run() saves).
+    plain_state, cached_state = plain_model.state_dict(), cached_model.state_dict()
+    for name, value in plain_state.items():
+        assert torch.allclose(value, cached_state[name], atol=1e-5), name
+    n_blocks = len(cached_model.gpt.trf_blocks)
+    assert info.k == {"last_block": n_blocks - 1, "last_two_blocks": n_blocks - 2, "last_layer": n_blocks}[trainable]
+    # Only the trainable top is the Trainer's model (and so in its checkpoints).
+    suffix_params = {id(p) for p in info.model.parameters()}
+    assert all(id(p) in suffix_params for p in cached_model.parameters() if p.requires_grad)
+    assert id(cached_model.gpt.tok_emb.weight) not in suffix_params
+
+
+def test_cache_is_reused_and_invalidated_by_weights_data_and_padding(raw, tmp_path):
+    args = trainer_args(tmp_path / "out")
+    cache_dir = tmp_path / "cache"
+
+    def prepare(model, tok, padding="dynamic"):
+        info = prepare_cached_training(
+            model, tok, trainable_layers="last_block", padding=padding, training_args=args, cache_dir=cache_dir
+        )
+        assert info is not None
+        return info
+
+    tok, _ = tokenized_splits(raw, "dynamic")
+    model = tiny_model("last_block", "last_non_pad", None)
+    first = prepare(model, tok)
+    assert set(first.cache_files) == {"train", "validation", "test"}
+    stamps = {split: path.stat().st_mtime_ns for split, path in first.cache_files.items()}
+    # Only real tokens are stored with dynamic padding: one row of emb_dim floats per token.
+    row = first.datasets["train"][0]
+    assert row["hidden_states"].shape == (len(tok["train"][0]["input_ids"]), model.config.emb_dim)
+
+    # Same weights and data (a new model object): the same files, read back, not rewritten.
+    again = prepare(tiny_model("last_block", "last_non_pad", None), tok)
+    assert again.cache_files == first.cache_files
+    assert {s: p.stat().st_mtime_ns for s, p in again.cache_files.items()} == stamps
+    assert (again.datasets["train"][3]["hidden_states"] == row_3(first)).all()
+
+    # Training the trainable block does not touch the frozen prefix: still the same cache.
+    with torch.no_grad():
+        model.gpt.trf_blocks[-1].att.W_query.weight.add_(0.5)
+    assert prepare(model, tok).cache_files == first.cache_files
+
+    # Different frozen weights: new files, different states.
+    with torch.no_grad():
+        model.gpt.trf_blocks[0].ff.layers[0].bias.add_(0.1)
+    changed = prepare(model, tok)
+    assert changed.cache_files["train"] != first.cache_files["train"]
+    assert not torch.allclose(torch.as_tensor(changed.datasets["train"][3]["hidden_states"]),
+                              torch.as_tensor(row_3(first)))
+
+    # Different data (one text dropped) and different padding: new files for the affected splits.
+    fresh = tiny_model("last_block", "last_non_pad", None)
+    fewer = prepare(fresh, type(tok)({**tok, "train": tok["train"].select(range(1, len(tok["train"])))}))
+    assert fewer.cache_files["train"] != first.cache_files["train"]
+    assert fewer.cache_files["test"] == first.cache_files["test"]
+    padded, length = tokenized_splits(raw, "longest_train")
+    longest = prepare(fresh, padded, padding="longest_train")
+    assert all(longest.cache_files[s] != first.cache_files[s] for s in SIZES)
+    # Fixed padding keeps every padded position (the chapter's `last` pooling reads one).
+    assert longest.datasets["validation"][0]["hidden_states"].shape == (length, fresh.config.emb_dim)
+
+
+def row_3(info):
+    return info.datasets["train"][3]["hidden_states"]
+
+
+def test_caching_applies_only_where_the_trunk_is_frozen_and_deterministic():
+    def model(**config):
+        return GPTSpamForSequenceClassification(GPTSpamConfig.from_preset("tiny", **config))
+
+    assert caching_blocker(model(pooling="last_non_pad"), "last_block", "dynamic") is None
+    assert caching_blocker(model(pooling="last"), "last_block", "longest_train") is None
+    assert "whole trunk" in caching_blocker(model(), "all", "dynamic")
+    assert "whole trunk" in caching_blocker(model(), "lora", "dynamic")
+    assert "drop_rate" in caching_blocker(model(drop_rate=0.1, pooling="mean"), "last_block", "dynamic")
+    assert "padding" in caching_blocker(model(pooling="last"), "last_block", "dynamic")
+
+
+def small_sms_file(sms_file: Path, tmp_path: Path, lines: int = 600) -> Path:
+    """The first lines of the real collection (88 spam among 600): a real file, small splits."""
+    path = tmp_path / "SMSSpamCollection"
+    with open(sms_file, encoding="utf-8") as f:
+        path.write_text("".join(next(f) for _ in range(lines)), encoding="utf-8")
+    return path
+
+
+def run_job(tmp_path: Path, data_file: Path, name: str, *extra: str) -> tuple[dict, list[dict], Path]:
+    out = tmp_path / name
+    argv = ["--config", "configs/tiny.yaml", "--data_file", str(data_file), "--output_dir", str(out),
+            "--trainable_layers", "last_block", "--padding", "dynamic", "--pooling", "last_non_pad",
+            "--learning_rate", "2e-3", "--num_train_epochs", "3", "--eval_steps", "10", "--logging_steps", "1",
+            "--data_cache_dir", str(tmp_path / "cache"), "--disable_tqdm", "true", *extra]
+    root = Path(__file__).resolve().parents[1]
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(root)  # the config path is relative to the repository
+    try:
+        metrics = run(*parse_args(argv))
+    finally:
+        os.chdir(cwd)
+    history = json.loads((out / "log_history.json").read_text())
+    return metrics, history, out
+
+
+def test_training_job_uses_the_cache_end_to_end_and_resumes_to_the_same_model(sms_file, tmp_path):
+    data_file = small_sms_file(sms_file, tmp_path)
+    cached, cached_hist, cached_dir = run_job(tmp_path, data_file, "cached", "--save_strategy", "steps",
+                                              "--save_steps", "10")
+    plain, plain_hist, plain_dir = run_job(tmp_path, data_file, "plain", "--cache_features", "false")
+    assert "Frozen-trunk feature cache" in (cached_dir / "train.log").read_text()
+    assert "Frozen-trunk feature cache" not in (plain_dir / "train.log").read_text()
+    losses = [[h["loss"] for h in hist if "loss" in h] for hist in (cached_hist, plain_hist)]
+    assert len(losses[0]) == len(losses[1]) > 10
+    assert all(math.isclose(a, b, abs_tol=1e-5) for a, b in zip(*losses))
+    # Every split (epoch accuracy, evaluation, full-set metrics) was scored on the cached states.
+    for key in ("train_accuracy", "validation_accuracy", "test_accuracy", "test_loss"):
+        assert math.isclose(cached[key], plain[key], abs_tol=1e-5), key
+    assert [h["epoch_validation_accuracy"] for h in cached_hist if "epoch_validation_accuracy" in h] == [
+        h["epoch_validation_accuracy"] for h in plain_hist if "epoch_validation_accuracy" in h]
+    # The saved folder holds the whole model, equal to the uncached run's.
+    saved, saved_plain = load_file(cached_dir / "model.safetensors"), load_file(plain_dir / "model.safetensors")
+    assert saved.keys() == saved_plain.keys() and any(".trf_blocks.0." in k for k in saved)
+    for key in saved:
+        assert torch.allclose(saved[key], saved_plain[key], atol=1e-5), key
+    # Trainer checkpoints hold only the trainable top; resuming from one ends with the same full model.
+    checkpoints = sorted(cached_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert checkpoints
+    ckpt = load_file(checkpoints[0] / "model.safetensors")
+    assert not any("tok_emb" in k for k in ckpt) and any(k.startswith("out_head.") for k in ckpt)
+    _, _, resumed_dir = run_job(tmp_path, data_file, "cached", "--save_strategy", "steps", "--save_steps", "10",
+                                "--resume_from_checkpoint", str(checkpoints[0]))
+    resumed = load_file(resumed_dir / "model.safetensors")
+    for key in saved:
+        assert torch.allclose(resumed[key], saved[key], atol=1e-6), key
+
+
+def test_bf16_autocast_matches_float32_accuracy(raw, sms_file, tmp_path):
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("bf16 autocast on CPU needs oneDNN")
+    data = load_sms_spam(sms_file)  # the whole training and validation splits: accuracy needs data
+    results = {}
+    for bf16 in (False, True):
+        # Every parameter trained (no cache): bf16 runs through the whole model.
+        losses, metrics, _, _ = train_once(data, tmp_path / str(bf16), trainable="all", pooling="last_non_pad",
+                                           padding="dynamic", cache=False, bf16=bf16, max_steps=130,
+                                           logging_steps=10)
+        results[bf16] = (losses, metrics)
+    (f_losses, f_metrics), (b_losses, b_metrics) = results[False], results[True]
+    assert f_metrics["eval_accuracy"] >= 0.75  # it learned something, so the comparison means something
+    assert abs(f_metrics["eval_accuracy"] - b_metrics["eval_accuracy"]) <= 0.05
+    assert all(abs(a - b) <= 0.05 for a, b in zip(f_losses, b_losses))
+    # ... and bf16 did change the arithmetic (it really ran in bf16).
+    assert f_losses != b_losses
+
+
+def test_suffix_model_is_only_the_trainable_top():
+    model = GPTSpamForSequenceClassification(GPTSpamConfig.from_preset("tiny", pooling="last_non_pad"))
+    set_trainable_layers(model, "last_block")
+    suffix = FrozenTrunkSuffix(model, 1)
+    names = set(suffix.state_dict())
+    assert names and all(n.split(".")[0] in {"trf_blocks", "final_norm", "out_head"} for n in names)
+    hidden = model.gpt.run_blocks(model.gpt.embed(torch.randint(0, 50257, (3, 7))), None, 0, 1)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5])
+    assert torch.allclose(suffix(hidden, mask).logits, model.classify(model.gpt.run_blocks(hidden, None, 1), mask),
+                          atol=1e-6)
