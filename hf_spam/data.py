@@ -252,3 +252,29 @@ def write_splits_csv(dataset: datasets.DatasetDict, out_dir: str | os.PathLike) 
             Path(tmp_name).unlink(missing_ok=True)
         paths[split] = dest
     return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``scripts/prepare_data.py`` / ``hf-spam prepare-data``: write the chapter's split CSVs."""
+    import argparse
+    import sys
+
+    from .download import ArchiveError, DownloadError
+
+    parser = argparse.ArgumentParser(description="Write the chapter's train/validation/test CSV files of the SMS Spam Collection.")
+    parser.add_argument("--data_file", help="local SMSSpamCollection file (default: download into the cache)")
+    parser.add_argument("--cache_dir", help="download cache (default: $HF_SPAM_CACHE or ~/.cache/hf_spam)")
+    parser.add_argument("--output_dir", default="data", help="folder for train.csv, validation.csv, test.csv")
+    parser.add_argument("--natural_balance", action="store_true",
+                        help="keep all messages (stratified split) instead of 747 ham + 747 spam")
+    parser.add_argument("--seed", type=int, default=123, help="sampling and shuffling seed (the chapter's 123)")
+    args = parser.parse_args(argv)
+    try:
+        dataset = load_sms_spam(args.data_file, cache_dir=args.cache_dir, balanced=not args.natural_balance,
+                                seed=args.seed)
+        paths = write_splits_csv(dataset, args.output_dir)
+    except (DataFileError, DownloadError, ArchiveError, OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    for split, path in paths.items():
+        print(f"{split}: {dataset[split].num_rows} rows -> {path}")

@@ -269,6 +269,26 @@ def set_trainable_layers(model: torch.nn.Module, choice: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+class SpamTrainer(Trainer):
+    """``Trainer`` whose evaluation and prediction never drop examples: the chapter drops the
+    last incomplete *training* batch (``dataloader_drop_last``), but scores every example."""
+
+    def _without_drop_last(self, make, *args, **kwargs):  # noqa: ANN001, ANN202 - thin wrapper
+        if not self.args.dataloader_drop_last:
+            return make(*args, **kwargs)
+        self.args.dataloader_drop_last = False
+        try:
+            return make(*args, **kwargs)
+        finally:
+            self.args.dataloader_drop_last = True
+
+    def get_eval_dataloader(self, eval_dataset=None):  # noqa: ANN001, ANN201 - Trainer's signature
+        return self._without_drop_last(super().get_eval_dataloader, eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):  # noqa: ANN001, ANN201 - Trainer's signature
+        return self._without_drop_last(super().get_test_dataloader, test_dataset)
+
+
 class EpochAccuracyCallback(TrainerCallback):
     """At each epoch end, score a few training batches and the validation set (the chapter's
     per-epoch accuracy) and log them as ``epoch_train_accuracy``/``epoch_validation_accuracy``."""
@@ -503,7 +523,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
 
     n_plot = min(len(tokenized["train"]), data_args.plot_train_batches * training_args.per_device_train_batch_size)
     epoch_acc = EpochAccuracyCallback(tokenized["train"].select(range(n_plot)), tokenized["validation"])
-    trainer = Trainer(
+    trainer = SpamTrainer(
         model=model,
         args=training_args,
         train_dataset=tokenized["train"],

@@ -19,12 +19,14 @@ from hf_spam.experiments import (
     SKIPPED_WEIGHTS,
     TABLE_COLUMNS,
     ExperimentError,
+    compare_lora_main,
     context_label,
     discover_experiments,
+    run_experiments_main,
 )
 
 # Few steps and no periodic evaluation: the tests check the plumbing, not the learning.
-FAST = ["--max_steps", "3", "--eval_strategy", "no", "--per_device_eval_batch_size", "64"]
+FAST = ["--max_steps", "3", "--eval_strategy", "no"]
 PERCENT = re.compile(r"^\d{1,3}\.\d\d%$")
 
 
@@ -122,12 +124,18 @@ def test_compare_lora(tmp_path, sms_file):
     assert f"{lora['metrics']['trainable_parameters']:,}" in result.stdout
 
 
-def test_compare_lora_refuses_trainable_layers(tmp_path):
-    result = run_script("compare_lora.py", ["--trainable_layers", "all", "--output_dir", str(tmp_path)])
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "error: --trainable_layers: compare_lora trains last_block and lora itself; drop the flag"
-    ]
+def main_errors(main, args: list[str], capsys) -> list[str]:
+    """Run a script's main in-process (it must stop before any training) and return its stderr lines."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()
+
+
+def test_compare_lora_refuses_trainable_layers(tmp_path, capsys):
+    lines = main_errors(compare_lora_main, ["--trainable_layers", "all", "--output_dir", str(tmp_path / "out")], capsys)
+    assert lines == ["error: --trainable_layers: compare_lora trains last_block and lora itself; drop the flag"]
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(
@@ -139,23 +147,29 @@ def test_compare_lora_refuses_trainable_layers(tmp_path):
         (["configs/experiments", "--config", "configs/tiny.yaml"], "--config: set by the runner"),
     ],
 )
-def test_runner_errors_are_one_line_and_nothing_runs(tmp_path, args, message):
-    result = run_script("run_experiments.py", [*args, "--output_dir", str(tmp_path / "out")])
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+def test_runner_errors_are_one_line_and_nothing_runs(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(ROOT)
+    lines = main_errors(run_experiments_main, [*args, "--output_dir", str(tmp_path / "out")], capsys)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert not (tmp_path / "out").exists()
 
 
-def test_a_bad_row_file_fails_before_any_row_runs(tmp_path):
+def test_a_bad_row_file_fails_before_any_row_runs(tmp_path, capsys):
     folder = tmp_path / "rows"
     folder.mkdir()
     (folder / "01_fine.yaml").write_text("include: " + str(ROOT / "configs" / "tiny.yaml") + "\n")
     (folder / "02_bad.yaml").write_text("include: " + str(ROOT / "configs" / "tiny.yaml") + "\nbatch: 3\n")
-    result = run_script("run_experiments.py", [str(folder), "--output_dir", str(tmp_path / "out")])
-    assert result.returncode == 2
-    assert "02_bad.yaml: unknown key 'batch'" in result.stderr
+    lines = main_errors(run_experiments_main, [str(folder), "--output_dir", str(tmp_path / "out")], capsys)
+    assert len(lines) == 1 and "02_bad.yaml: unknown key 'batch'" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_scripts_exit_cleanly_on_bad_input(tmp_path):
+    # the real scripts too: one line on stderr, status 2, no traceback
+    result = run_script("run_experiments.py", ["no/such/folder", "--output_dir", str(tmp_path / "out")])
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: no/such/folder: not a folder of experiment configs (*.yaml)"
+    ]
 
 
 def test_discover_orders_by_number_and_refuses_duplicates(tmp_path):
