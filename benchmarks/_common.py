@@ -37,6 +37,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                         help=f"SMSSpamCollection file (default: {DEFAULT_DATA_FILE} if present, else download).")
     parser.add_argument("--cases", nargs="*", default=None, help="Only these cases (default: all).")
     parser.add_argument("--json", default=None, help="Also write the results as JSON to this file.")
+    parser.add_argument("--wait_quiet", type=float, default=0.0,
+                        help="Before each case wait up to this many seconds for other processes to leave the CPU.")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -54,10 +56,47 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def emit(result: dict[str, Any]) -> None:
-    """Worker side: print the result (with this process's peak RSS) as the last stdout line."""
-    result = {**result, "peak_rss_mb": round(peak_rss_mb(), 1)}
+    """Worker side: print the result (with this process's peak RSS and CPU time) as the last stdout line."""
+    result = {**result, "peak_rss_mb": round(peak_rss_mb(), 1), "cpu_s": round(cpu_seconds(), 1)}
     print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def wait_until_quiet(max_wait: float, busy_percent: float = 25.0) -> float:
+    """Wait (up to ``max_wait`` s) until other processes leave the CPU mostly idle, so a case is not
+    timed while something else runs; returns the seconds waited. 0 disables the wait."""
+    if max_wait <= 0:
+        return 0.0
+    import psutil
+
+    started = time.perf_counter()
+    quiet = 0
+    while time.perf_counter() - started < max_wait:
+        quiet = quiet + 1 if psutil.cpu_percent(interval=1.0) < busy_percent else 0
+        if quiet >= 3:
+            break
+    return time.perf_counter() - started
+
+
+def busy_note(results: dict[str, dict[str, Any]]) -> str:
+    """A warning naming the cases during which other processes competed for the CPU (their
+    one-minute load average exceeded what the case itself puts there), or ''."""
+    limit = (os.cpu_count() or 1) + 1.0
+    busy = [f"{case} ({r['load_after']:.1f})" for case, r in results.items() if r.get("load_after", 0) > limit]
+    if not busy:
+        return ""
+    return ("\nNote: other processes competed for the CPU during " + ", ".join(busy) +
+            f" (1-minute load average on {os.cpu_count()} cores): those timings are inflated.")
+
+
+def load_average() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
 
 
 def run_case(script: str | Path, case: str, argv: Sequence[str], timeout: float = 3600) -> dict[str, Any]:
@@ -76,6 +115,7 @@ def run_case(script: str | Path, case: str, argv: Sequence[str], timeout: float 
         raise BenchError(f"case {case}: worker exited with {proc.returncode}: {' | '.join(tail)}")
     result = json.loads(lines[-1][len(RESULT_PREFIX):])
     result.setdefault("process_wall_s", round(wall, 2))
+    result["load_after"] = round(load_average(), 2)
     return result
 
 
@@ -105,7 +145,8 @@ def run_command_measured(
         tail = log_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
         raise BenchError(f"{' '.join(cmd[1:3])}: exited with {code}: {' | '.join(tail)}")
     peak = usage.ru_maxrss / (1024 * 1024) if sys.platform == "darwin" else usage.ru_maxrss / 1024
-    return {"wall_s": round(wall, 2), "peak_rss_mb": round(peak, 1)}
+    return {"wall_s": round(wall, 2), "peak_rss_mb": round(peak, 1),
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "load_after": round(load_average(), 2)}
 
 
 def timed(fn: Callable[[], Any], repeat: int, warmup: int = 1) -> list[float]:
@@ -138,7 +179,7 @@ def machine_description() -> str:
         bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
     except OSError:
         bf16 = False
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load = load_average()
     return (
         f"{cpu}, {os.cpu_count()} cores ({platform.machine()}), torch {torch.__version__} with "
         f"{torch.get_num_threads()} threads, bf16 instructions: {'yes' if bf16 else 'no'}, "

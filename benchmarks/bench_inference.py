@@ -15,6 +15,7 @@ import time
 
 from _common import (
     base_parser,
+    busy_note,
     data_file_arg,
     emit,
     gpt2_small_or_tiny,
@@ -22,6 +23,7 @@ from _common import (
     main_guard,
     markdown_table,
     run_case,
+    wait_until_quiet,
     write_json,
 )
 
@@ -105,7 +107,9 @@ def main() -> None:
     forwarded += ["--data_file", args.data_file] if args.data_file else []
     results = {}
     for case in cases:
+        waited = wait_until_quiet(args.wait_quiet)
         results[case] = run_case(__file__, case, forwarded)
+        results[case]["waited_for_quiet_s"] = round(waited, 1)
         print(f"  {case}: {results[case]['texts_per_s']:.1f} texts/s", flush=True)
     base = results.get(BASELINE)
     rows = []
@@ -117,6 +121,7 @@ def main() -> None:
     n = next(iter(results.values()))["texts"]
     print(f"\n### Inference, {size}, {n} texts of the test split\n")
     print(markdown_table(["path", "batch", "padding", "texts/s", f"vs {BASELINE}", "peak RSS (MB)"], rows))
+    print(busy_note(results))
     write_json(args.json, {"machine": machine, "results": results})
 
 

@@ -23,15 +23,18 @@ from pathlib import Path
 from _common import (
     ROOT,
     base_parser,
+    busy_note,
     data_file_arg,
     emit,
     gpt2_small_or_tiny,
     machine_description,
     main_guard,
     markdown_table,
+    median,
     run_case,
     run_command_measured,
     small_sms_file,
+    wait_until_quiet,
     write_json,
 )
 
@@ -49,8 +52,8 @@ BASELINE = "chapter_plain_120"
 
 def plain_job(case: str, model_size: str, data_file: str | None, steps: int, eval_batches: int, full: bool) -> dict:
     """The chapter's recipe in a plain loop; timed in full, or timed in part and extrapolated."""
+    import psutil
     import torch
-
     from chapter_baseline import (
         calc_accuracy_loader,
         chapter_classifier,
@@ -59,7 +62,6 @@ def plain_job(case: str, model_size: str, data_file: str | None, steps: int, eva
         train_classifier_simple,
     )
 
-    started = time.perf_counter()
     from hf_spam.data import load_sms_spam
     from hf_spam.tokenization import encode_texts, get_encoding
 
@@ -86,7 +88,8 @@ def plain_job(case: str, model_size: str, data_file: str | None, steps: int, eva
             return model(input_ids=x).logits
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.1)
     counts = recipe_counts(len(raw["train"]), len(raw["validation"]), len(raw["test"]))
-    setup_s = time.perf_counter() - started
+    # Setup as ours pays it too: from the process's start (interpreter, imports, data, model).
+    setup_s = time.time() - psutil.Process().create_time()
     if full and case == "chapter_plain_120":
         t = time.perf_counter()
         train_classifier_simple(model, loaders["train"], loaders["validation"], optimizer, "cpu", 5, 50, 5)
@@ -113,11 +116,12 @@ def plain_job(case: str, model_size: str, data_file: str | None, steps: int, eva
             logits_of(x).argmax(-1)
             if i:
                 eval_times.append(time.perf_counter() - t)
-    step = sum(step_times) / len(step_times)
-    per_eval = sum(eval_times) / len(eval_times)
+    # Medians: a burst of other work on a shared machine inflates a few timings, not the typical one.
+    step, per_eval = median(step_times), median(eval_times)
     total = setup_s + counts["train_steps"] * step + counts["eval_batches"] * per_eval
-    how = (f"extrapolated: {counts['train_steps']} x {step:.3f} s/step (mean of {len(step_times)}) + "
-           f"{counts['eval_batches']} x {per_eval:.3f} s/eval batch (mean of {len(eval_times)}) + setup {setup_s:.1f} s")
+    how = (f"extrapolated: {counts['train_steps']} x {step:.3f} s/step (median of {len(step_times)}) + "
+           f"{counts['eval_batches']} x {per_eval:.3f} s/eval batch (median of {len(eval_times)}) + "
+           f"setup {setup_s:.1f} s")
     return {"total_s": total, "how": how, "s_per_step": step, "s_per_eval_batch": per_eval, **counts}
 
 
@@ -138,7 +142,8 @@ def ours_job(case: str, args, workdir: Path) -> dict:  # noqa: ANN001
     import json
 
     metrics = json.loads((out / "metrics.json").read_text())
-    return {"total_s": result["wall_s"], "peak_rss_mb": result["peak_rss_mb"], "how": "measured (whole process)",
+    return {"total_s": result["wall_s"], "peak_rss_mb": result["peak_rss_mb"], "cpu_s": result["cpu_s"],
+            "load_after": result["load_after"], "how": "measured (whole process)",
             "test_accuracy": metrics.get("test_accuracy")}
 
 
@@ -171,10 +176,12 @@ def main() -> None:
         forwarded += ["--plain_full"] if args.plain_full else []
         results = {}
         for case in cases:
+            waited = wait_until_quiet(args.wait_quiet)
             if case.startswith("ours_seed"):
                 results[case] = ours_job(case, args, workdir)
             else:
                 results[case] = run_case(__file__, case, forwarded)
+            results[case]["waited_for_quiet_s"] = round(waited, 1)
             print(f"  {case}: {results[case]['total_s']:.1f} s", flush=True)
     base = results.get(BASELINE)
     rows = []
@@ -187,6 +194,7 @@ def main() -> None:
         "GPT-2 small (124M), random weights, 5 epochs, eval every 50 steps, full-set metrics"
     print(f"\n### Whole fine-tuning job, {title}\n")
     print(markdown_table(["job", "wall s", "min", f"vs {BASELINE}", "peak RSS (MB)", "test acc.", "how"], rows))
+    print(busy_note(results))
     write_json(args.json, {"machine": machine, "results": results})
 
 

@@ -18,13 +18,16 @@ from pathlib import Path
 from _common import (
     BenchError,
     base_parser,
+    busy_note,
     data_file_arg,
     emit,
     gpt2_small_or_tiny,
     machine_description,
     main_guard,
     markdown_table,
+    median,
     run_case,
+    wait_until_quiet,
     write_json,
 )
 
@@ -169,14 +172,17 @@ def worker(case: str, args) -> None:  # noqa: ANN001
     else:
         result = trainer_step_times(case, model_size, args.data_file, warmup, steps)
     times = result.pop("step_times")
-    mean = sum(times) / len(times)
-    emit({"case": case, "model_size": model_size, "steps": len(times), "s_per_step": mean,
-          "examples_per_s": BATCH / mean, "threads": torch.get_num_threads(), **result})
+    # The median: a burst of other work on a shared machine inflates a few steps, not the typical one.
+    typical = median(times)
+    emit({"case": case, "model_size": model_size, "steps": len(times), "s_per_step": typical,
+          "s_per_step_mean": sum(times) / len(times), "examples_per_s": BATCH / typical,
+          "threads": torch.get_num_threads(), **result})
 
 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=8, help="Timed steps per case (after 2 warm-up steps).")
+    parser.add_argument("--steps", type=int, default=8,
+                        help="Timed steps per case (after 2 warm-up steps); the median is reported.")
     args = parser.parse_args()
     args.data_file = data_file_arg(args.data_file)
     if args.worker:
@@ -191,7 +197,9 @@ def main() -> None:
     forwarded += ["--data_file", args.data_file] if args.data_file else []
     results = {}
     for case in cases:
+        waited = wait_until_quiet(args.wait_quiet)
         results[case] = run_case(__file__, case, forwarded)
+        results[case]["waited_for_quiet_s"] = round(waited, 1)
         print(f"  {case}: {results[case]['s_per_step']:.3f} s/step", flush=True)
     base = results.get(BASELINE)
     rows = []
@@ -206,6 +214,7 @@ def main() -> None:
     print(f"\n### Training step, {size}, batch {BATCH}, last block + final norm + head trained\n")
     print(markdown_table(["path", "padding", "s/step", "examples/s", f"vs {BASELINE}", "peak RSS (MB)", "note"],
                          rows))
+    print(busy_note(results))
     write_json(args.json, {"machine": machine, "results": results})
 
 

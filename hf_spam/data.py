@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from .download import ArchiveError, DownloadError
 
-    parser = argparse.ArgumentParser(description="Write the chapter's train/validation/test CSV files of the SMS Spam Collection.")
+    parser = argparse.ArgumentParser(description="Write the chapter's train/validation/test CSV files.")
     parser.add_argument("--data_file", help="local SMSSpamCollection file (default: download into the cache)")
     parser.add_argument("--cache_dir", help="download cache (default: $HF_SPAM_CACHE or ~/.cache/hf_spam)")
     parser.add_argument("--output_dir", default="data", help="folder for train.csv, validation.csv, test.csv")

@@ -318,7 +318,10 @@ def _pct(value: Any) -> str:
 
 
 def _minutes(seconds: Any) -> str:
-    return f"{float(seconds) / 60:.2f} min" if isinstance(seconds, (int, float)) else "—"
+    """The chapter's "0.28 min"; seconds below 0.01 min (a cached or tiny run), where minutes would read 0.00."""
+    if not isinstance(seconds, (int, float)):
+        return "—"
+    return f"{seconds / 60:.2f} min" if seconds >= 0.6 else f"{seconds:.2f} s"
 
 
 def _mib(n: Any) -> str:
@@ -473,7 +476,7 @@ def run_experiments(
         source = (settings["model_size"], settings["model_name_or_path"])
         previous = _read_json(row_dir / RESULT_FILE) if resume else None
         if quick and declared["model_size"] != "gpt2-small":
-            row = RowResult(status="skipped", reason=SKIPPED_QUICK_SIZE, **common)
+            row = RowResult(status="skipped", reason=SKIPPED_QUICK_SIZE, **{**common, "settings": declared})
         elif settings["weights"] == "pretrained" and source in unavailable:
             row = RowResult(status="skipped", reason=SKIPPED_WEIGHTS, detail=unavailable[source], **common)
         elif isinstance(previous, dict) and previous.get("status") == "ok" and previous.get("argv") == argv:

@@ -97,7 +97,8 @@ def frozen_weights_hash(model: GPTSpamForSequenceClassification, k: int) -> str:
         for name, tensor in sorted(module.state_dict().items()):
             t = tensor.detach().to("cpu").contiguous()
             h.update(f"{prefix}.{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            if t.numel():
+                h.update(t.reshape(-1).view(torch.uint8).numpy())  # hashed in place, no copy
     cfg = model.config
     # The config values that change what the frozen prefix computes.
     h.update(f"causal={cfg.causal}|heads={cfg.n_heads}|eps={cfg.layer_norm_eps}|".encode())
@@ -134,9 +135,13 @@ def autocast_dtype(training_args: Any) -> torch.dtype | None:
     return None
 
 
-def cache_key(weights_hash: str, data_hash: str, k: int, compute_dtype: torch.dtype | None) -> str:
-    """The cache file's key: same weights, same tokenized data, same cut, same arithmetic."""
-    text = f"v{CACHE_FORMAT_VERSION}|{weights_hash}|{data_hash}|k={k}|store=float32|autocast={compute_dtype}"
+def cache_key(
+    weights_hash: str, data_hash: str, k: int, compute_dtype: torch.dtype | None, keep_padding: bool = True
+) -> str:
+    """The cache file's key: same weights, same tokenized data, same cut, same arithmetic, same layout."""
+    positions = "all" if keep_padding else "real"
+    text = (f"v{CACHE_FORMAT_VERSION}|{weights_hash}|{data_hash}|k={k}|store=float32|autocast={compute_dtype}"
+            f"|positions={positions}")
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -167,12 +172,14 @@ def _features_for_batch(
     k: int,
     device: torch.device,
     dtype: torch.dtype | None,
+    keep_padding: bool,
 ) -> dict[str, list]:
     """``datasets.map`` function: sort the batch by length, run it in passes of about
-    ``TOKENS_PER_PASS`` padded tokens, return float32 states in the original order. Each example
-    keeps as many positions as its row has (real tokens with dynamic padding; every padded
-    position with fixed padding, since ``last`` pooling reads one)."""
+    ``TOKENS_PER_PASS`` padded tokens, return float32 states in the original order. With
+    ``keep_padding`` each example keeps every position of its row (``last`` pooling reads a padded
+    one); otherwise only its real tokens (all that right padding lets the other poolings see)."""
     ids_list, masks = batch["input_ids"], batch["attention_mask"]
+    kept = [len(x) if keep_padding else max(1, sum(m)) for x, m in zip(ids_list, masks)]
     order = sorted(range(len(ids_list)), key=lambda i: len(ids_list[i]))
     out: list[Any] = [None] * len(ids_list)
     i = 0
@@ -192,9 +199,9 @@ def _features_for_batch(
             states = prefix_states(model, ids.to(device), mask.to(device), k)
         states = states.float().cpu().numpy()
         for r, idx in enumerate(group):
-            out[idx] = states[r] if states.ndim == 2 else states[r, : len(ids_list[idx])]
+            out[idx] = states[r] if states.ndim == 2 else states[r, : kept[idx]]
         i = j
-    return {FEATURE_COLUMN: out, "length": [len(x) for x in ids_list]}
+    return {FEATURE_COLUMN: out, "attention_mask": [m[:n] for m, n in zip(masks, kept)], "length": kept}
 
 
 def compute_features(
@@ -205,6 +212,7 @@ def compute_features(
     *,
     device: torch.device | str = "cpu",
     compute_dtype: torch.dtype | None = None,
+    keep_padding: bool = True,
     fingerprint: str | None = None,
     desc: str = "Frozen-trunk features",
 ) -> datasets.Dataset:
@@ -229,7 +237,8 @@ def compute_features(
             # Rows of up to 1024 x 768 floats: keep Arrow's write buffer small (memory), 64 rows.
             out = dataset.map(
                 _features_for_batch,
-                fn_kwargs={"model": model, "k": k, "device": device, "dtype": compute_dtype},
+                fn_kwargs={"model": model, "k": k, "device": device, "dtype": compute_dtype,
+                           "keep_padding": keep_padding},
                 batched=True,
                 batch_size=64,
                 writer_batch_size=64,
@@ -255,8 +264,11 @@ class FrozenTrunkSuffix(nn.Module):
 
     Registers (and so trains, checkpoints and resumes) only ``trf_blocks[k:]``, ``final_norm`` and
     ``out_head`` of the full model; these are the same module objects, so every update lands in
-    the full model, which is what gets saved. The forward is the full model's own code
-    (``logits_from_block``/``compute_loss``), so losses equal the uncached model's.
+    the full model, which is what gets saved. They are registered under the full model's own names
+    (``gpt.trf_blocks.11...``, ``gpt.final_norm...``, ``gpt.out_head...``) and in its order, so
+    Trainer picks the same weight-decay groups, and a Trainer checkpoint of either path (cached or
+    not) resumes in the other. The forward is the full model's own code (``logits_from_block``,
+    ``compute_loss``), so losses equal the uncached model's.
     """
 
     # Our loss is a mean over the batch; Trainer must not expect it normalised by num_items_in_batch.
@@ -267,11 +279,14 @@ class FrozenTrunkSuffix(nn.Module):
         # A plain attribute, not a submodule: the frozen trunk stays out of checkpoints and DDP.
         object.__setattr__(self, "full_model", full_model)
         self.k = k
-        gpt = full_model.gpt
-        # Same attribute names as in GPTModel, so Trainer's weight-decay rules (by name) match.
-        self.trf_blocks = nn.ModuleList(list(gpt.trf_blocks[k:]))
-        self.final_norm = gpt.final_norm
-        self.out_head = gpt.out_head
+        source = full_model.gpt
+        blocks = nn.Module()
+        for i in range(k, len(source.trf_blocks)):
+            blocks.add_module(str(i), source.trf_blocks[i])  # keeps the block's index in its name
+        self.gpt = nn.Module()
+        self.gpt.trf_blocks = blocks
+        self.gpt.final_norm = source.final_norm
+        self.gpt.out_head = source.out_head
 
     def forward(
         self,
@@ -284,7 +299,7 @@ class FrozenTrunkSuffix(nn.Module):
         ``length`` is unused; it is named so Trainer keeps the column its length-grouped sampler reads."""
         full = self.full_model
         if hidden_states.dim() == 2:
-            logits = self.out_head(hidden_states)
+            logits = self.gpt.out_head(hidden_states)
         else:
             logits = full.logits_from_block(hidden_states, attention_mask, self.k)
         return SequenceClassifierOutput(loss=full.compute_loss(logits, labels), logits=logits)
@@ -361,24 +376,28 @@ def prepare_cached_training(
     dtype = autocast_dtype(training_args)
     full_model.to(device)
     weights_hash = frozen_weights_hash(full_model, k)
+    # Only `last` pooling reads a padded position; the others see real tokens only (right padding).
+    keep_padding = full_model.config.pooling == "last"
     cache_dir = Path(cache_dir)
     out: dict[str, datasets.Dataset] = {}
     files: dict[str, Path] = {}
     hits = []
     with training_args.main_process_first(local=True, desc="frozen-trunk features"):
         for split, ds in tokenized.items():
-            key = cache_key(weights_hash, dataset_content_hash(ds), k, dtype)
+            key = cache_key(weights_hash, dataset_content_hash(ds), k, dtype, keep_padding)
             files[split] = cache_dir / f"{split}-{key}.arrow"
             hits.append(files[split].is_file())
             out[split] = compute_features(
-                full_model, ds, k, files[split], device=device, compute_dtype=dtype, fingerprint=key,
+                full_model, ds, k, files[split], device=device, compute_dtype=dtype, keep_padding=keep_padding,
+                fingerprint=key,
                 desc=f"Frozen-trunk features ({split})",
             )
     seconds = time.time() - started
     what = "blocks" if k < len(full_model.gpt.trf_blocks) else "blocks + final norm + pooling"
+    size_mb = sum(f.stat().st_size for f in files.values() if f.is_file()) / 2**20
     logger.info(
-        "Frozen-trunk feature cache: embeddings + %d %s run once per example (%s) in %.1f s; %s",
-        k, what, "read from cache" if all(hits) else "computed", seconds, cache_dir,
+        "Frozen-trunk feature cache: embeddings + %d %s run once per example (%s) in %.1f s; %.0f MB in %s",
+        k, what, "read from cache" if all(hits) else "computed", seconds, size_mb, cache_dir,
     )
     return CachedTraining(
         model=FrozenTrunkSuffix(full_model, k), datasets=datasets.DatasetDict(out), collator=FeatureCollator(),

@@ -40,16 +40,21 @@ def peft_alpha_for_chapter(rank: int, chapter_alpha: float) -> float:
     return float(chapter_alpha) * rank
 
 
+def check_lora_settings(rank: int, alpha: float, dropout: float) -> None:
+    """Refuse a LoRA rank, alpha or dropout that peft would reject or that makes no sense."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise LoraError(f"--lora_rank: expected a positive integer, got {rank!r}")
+    if not alpha > 0:
+        raise LoraError(f"--lora_alpha: expected a positive number, got {alpha!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise LoraError(f"--lora_dropout: expected a value in [0, 1), got {dropout!r}")
+
+
 def lora_config(rank: int, alpha: float, dropout: float = 0.0) -> Any:
     """The ``peft.LoraConfig`` used for the classifier (sequence classification, blocks' Linears, full head)."""
     from peft import LoraConfig
 
-    if rank < 1:
-        raise LoraError(f"--lora_rank: expected a positive integer, got {rank}")
-    if alpha <= 0:
-        raise LoraError(f"--lora_alpha: expected a positive number, got {alpha}")
-    if not 0.0 <= dropout < 1.0:
-        raise LoraError(f"--lora_dropout: expected a value in [0, 1), got {dropout}")
+    check_lora_settings(rank, alpha, dropout)
     return LoraConfig(
         task_type="SEQ_CLS",
         r=int(rank),

@@ -198,6 +198,13 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, training
             raise ConfigError(f"--{name}: unknown value {value!r}; expected one of {', '.join(choices)}")
     if model_args.weights == "pretrained" and model_args.model_size == "tiny" and not model_args.model_name_or_path:
         raise ConfigError("--model_size tiny has no pretrained weights; use --weights random")
+    if model_args.trainable_layers == "lora":
+        from .lora import LoraError, check_lora_settings
+
+        try:
+            check_lora_settings(model_args.lora_rank, model_args.lora_alpha, model_args.lora_dropout)
+        except LoraError as err:
+            raise ConfigError(str(err)) from None
 
 
 # --------------------------------------------------------------------------------------------

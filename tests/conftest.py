@@ -55,5 +55,5 @@ def tiny_run(tmp_path_factory, sms_file) -> Path:
     out = tmp_path_factory.mktemp("tiny_run")
     result = run_train(["--config", "configs/tiny.yaml", "--data_file", str(sms_file), "--output_dir", str(out)])
     if result.returncode != 0:
-        pytest.fail(f"tiny training run failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        pytest.fail(f"tiny run failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return out

@@ -59,11 +59,12 @@ def test_quick_rows_make_the_table(tmp_path, sms_file):
             assert PERCENT.match(r[col]), (r["Experiment"], col, r[col])
         assert r["Model"].startswith("tiny") and r["Weights"] == "random" and r["Notes"] == ""
         assert r["Context length"] == "longest train ex. (120)"  # the real data's longest training text
-        assert re.match(r"^\d+\.\d\d min$", r["Training time"]) and r["CPU/GPU"].startswith("CPU")
+        assert re.match(r"^\d+\.\d\d (min|s)$", r["Training time"]) and r["CPU/GPU"].startswith("CPU")
     by_name = {r["Experiment"]: r for r in rows}
     assert by_name["first_token"]["Trainable token position"] == "first"
     assert by_name["lora"]["Trainable layers"] == "LoRA (r=16, peft alpha=256)"
     assert by_name["gpt2_medium"]["Notes"] == SKIPPED_QUICK_SIZE and by_name["gpt2_medium"]["Test acc"] == "—"
+    assert by_name["gpt2_medium"]["Model"] == "gpt2-medium (355M)"  # what the row is, not what --quick would run
 
     md = (out / "results.md").read_text()
     assert "| " + " | ".join(TABLE_COLUMNS) + " |" in md and "Quick mode" in md
@@ -133,7 +134,10 @@ def main_errors(main, args: list[str], capsys) -> list[str]:
 
 
 def test_compare_lora_refuses_trainable_layers(tmp_path, capsys):
-    lines = main_errors(compare_lora_main, ["--trainable_layers", "all", "--output_dir", str(tmp_path / "out")], capsys)
+    def main(argv):
+        compare_lora_main(argv, default_config=ROOT / "configs" / "seed.yaml")
+
+    lines = main_errors(main, ["--trainable_layers", "all", "--output_dir", str(tmp_path / "out")], capsys)
     assert lines == ["error: --trainable_layers: compare_lora trains last_block and lora itself; drop the flag"]
     assert not (tmp_path / "out").exists()
 

@@ -20,7 +20,7 @@ from hf_spam.lora import (
     save_adapter_and_merge,
 )
 from hf_spam.modeling_gpt import GPTSpamConfig, GPTSpamForSequenceClassification, count_parameters
-from hf_spam.tokenization import PaddingCollator, tokenize_splits
+from hf_spam.tokenization import PaddingCollator, encode_texts, tokenize_splits
 
 TARGET_SUFFIXES = ("att.W_query", "att.W_key", "att.W_value", "att.out_proj", "ff.layers.0", "ff.layers.2")
 
@@ -125,14 +125,38 @@ def test_merged_folder_loads_with_the_auto_classes(trained, tmp_path, bpe_dir):
     folder = save_model_folder(merged, tmp_path / "model", metrics={}, training_args={}, card={}, bpe_dir=bpe_dir)
     config = json.loads((folder / "config.json").read_text())
     assert not any("peft" in k or "lora" in k for k in config), config.keys()
+    assert "auto_map" in config and (folder / "modeling_gpt.py").is_file()  # a normal remote-code folder
+    assert not (folder / "adapter_config.json").exists()
     loaded = AutoModelForSequenceClassification.from_pretrained(folder)
     assert type(loaded) is GPTSpamForSequenceClassification
     batch = PaddingCollator()([{k: ex[k] for k in ("input_ids", "attention_mask")} for ex in tokenized["validation"]])
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(**batch).logits, merged(**batch).logits, atol=1e-6, rtol=0)
+    from transformers import pipeline
+
+    clf = pipeline("text-classification", model=str(folder), device="cpu")
+    texts = ["WINNER!! Claim your free prize now", "See you at dinner tonight"]
+    scores = [{d["label"]: d["score"] for d in r} for r in clf(texts, top_k=None)]
+    for text, score in zip(texts, scores):  # one text at a time: no padding, the same ids as tiktoken's
+        with torch.no_grad():
+            probs = merged(input_ids=torch.tensor([encode_texts([text])[0]])).logits.softmax(-1)[0]
+        assert score["ham"] == pytest.approx(float(probs[0]), abs=1e-5)
+        assert score["spam"] == pytest.approx(float(probs[1]), abs=1e-5)
     # the adapter loads onto a base saved as a folder too
     base_dir = tmp_path / "base"
     tiny_model().save_pretrained(base_dir)
     with torch.no_grad():
         torch.testing.assert_close(load_adapter(base_dir, tmp_path / "adapter")(**batch).logits,
                                    merged(**batch).logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lora_rank", "0"], "--lora_rank: expected a positive integer"),
+    (["--lora_alpha", "-1"], "--lora_alpha: expected a positive number"),
+    (["--lora_dropout", "1.5"], r"--lora_dropout: expected a value in \[0, 1\)"),
+])
+def test_bad_lora_flags_fail_before_any_data_is_read(flags, message):
+    from hf_spam.training import ConfigError, parse_args
+
+    with pytest.raises(ConfigError, match=message):
+        parse_args(["--trainable_layers", "lora", *flags, "--data_file", "/no/such/file", "--output_dir", "x"])

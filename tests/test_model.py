@@ -45,7 +45,8 @@ def test_module_names_and_shapes():
     model = tiny()
     names = set(dict(model.gpt.named_parameters()))
     for name in ("tok_emb.weight", "pos_emb.weight", "trf_blocks.1.att.W_query.weight", "trf_blocks.1.att.W_key.bias",
-                 "trf_blocks.1.att.W_value.weight", "trf_blocks.1.att.out_proj.weight", "trf_blocks.0.ff.layers.0.weight",
+                 "trf_blocks.1.att.W_value.weight", "trf_blocks.1.att.out_proj.weight",
+                 "trf_blocks.0.ff.layers.0.weight",
                  "trf_blocks.0.ff.layers.2.bias", "trf_blocks.0.norm1.scale", "trf_blocks.0.norm2.shift",
                  "final_norm.scale", "out_head.weight", "out_head.bias"):
         assert name in names, name
