@@ -630,11 +630,60 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def _no_accelerator() -> bool:
+    return not torch.cuda.is_available() and not (
+        hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+    )
+
+
+def cpu_processes_requested() -> int | None:
+    """N when this process was started by ``accelerate launch --cpu --num_processes N`` (N > 1).
+
+    For CPUs, accelerate's launcher starts a single process and expects ``mpirun`` to start the
+    others; it only sets ``MASTER_ADDR``. We detect that case (no rank variables yet) and read N
+    from the launcher's command line, so the documented command trains with N processes.
+    """
+    env = os.environ
+    if env.get("ACCELERATE_USE_CPU", "").lower() not in ("true", "1") or "MASTER_ADDR" not in env:
+        return None
+    if any(k in env for k in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")):
+        return None
+    try:
+        parent = [a.decode() for a in Path(f"/proc/{os.getppid()}/cmdline").read_bytes().split(b"\0") if a]
+    except OSError:  # not Linux: nothing to read, run as one process
+        return None
+    for i, arg in enumerate(parent):
+        value = arg.split("=", 1)[1] if arg.startswith("--num_processes=") else None
+        if arg == "--num_processes" and i + 1 < len(parent):
+            value = parent[i + 1]
+        if value is not None and value.isdigit() and int(value) > 1:
+            return int(value)
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``scripts/train.py`` and ``hf-spam train``."""
+    n_cpu = cpu_processes_requested()
+    if n_cpu:
+        # Start the N workers ourselves (torch's elastic launcher; one thread each by default).
+        import subprocess
+
+        args = list(sys.argv[1:] if argv is None else argv)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n_cpu),
+               "--master_addr", os.environ["MASTER_ADDR"], "--master_port", os.environ.get("MASTER_PORT", "29500"),
+               "-m", "hf_spam.training", *args]
+        sys.exit(subprocess.call(cmd))
+    if "LOCAL_RANK" in os.environ and _no_accelerator():
+        # Several processes on a machine without GPU (torchrun, accelerate launch --multi_gpu):
+        # accelerate only sets up CPU DDP (gloo) when told the run is on CPU.
+        os.environ["ACCELERATE_USE_CPU"] = "true"
     try:
         model_args, data_args, training_args = parse_args(argv)
         run(model_args, data_args, training_args)
     except user_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -164,3 +164,38 @@ def test_help_lists_every_flag_from_any_folder(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "scripts/train.py"), "--help"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "--trainable_layers" in result.stdout and "--num_train_epochs" in result.stdout
+
+
+SAVE_SCRIPT = """
+import sys, torch
+from hf_spam.hub import save_model_folder
+from hf_spam.modeling_gpt import GPTSpamConfig, GPTSpamForSequenceClassification
+model = GPTSpamForSequenceClassification(GPTSpamConfig(emb_dim=384, n_layers=6, n_heads=6))
+print("saving", flush=True)
+for _ in range(3):
+    save_model_folder(model, sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.3, 0.8])
+def test_kill_during_final_save_never_leaves_a_half_written_file(tmp_path, delay):
+    from safetensors import safe_open
+
+    out = tmp_path / "model"
+    proc = subprocess.Popen([sys.executable, "-c", SAVE_SCRIPT, str(out)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert proc.stdout.readline().strip() == "saving"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    # whatever made it under the final names is complete
+    if (out / "model.safetensors").exists():
+        with safe_open(out / "model.safetensors", "pt") as f:
+            assert all(f.get_tensor(k).numel() > 0 for k in f.keys())
+    if (out / "config.json").exists():
+        json.loads((out / "config.json").read_text())
+        assert (out / "model.safetensors").exists()  # config.json is moved in last
+    if out.exists():
+        assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
