@@ -148,7 +148,7 @@ def ours_job(case: str, args, workdir: Path) -> dict:  # noqa: ANN001
 
 
 def main() -> None:
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--plain_steps", type=int, default=8, help="Timed plain-loop steps for the extrapolation.")
     parser.add_argument("--plain_eval_batches", type=int, default=6, help="Timed plain-loop evaluation batches.")
     parser.add_argument("--plain_full", action="store_true", help="Run the chapter's plain loop in full (~25 min).")

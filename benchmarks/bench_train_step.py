@@ -180,7 +180,7 @@ def worker(case: str, args) -> None:  # noqa: ANN001
 
 
 def main() -> None:
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=8,
                         help="Timed steps per case (after 2 warm-up steps); the median is reported.")
     args = parser.parse_args()

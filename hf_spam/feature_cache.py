@@ -39,8 +39,12 @@ logger = logging.getLogger("hf_spam")
 CACHE_FORMAT_VERSION = 1
 CACHEABLE_LAYERS = ("last_layer", "last_block", "last_two_blocks")
 FEATURE_COLUMN = "hidden_states"
-# Padded tokens per forward pass of the cache computation (examples are sorted by length first).
+# The cache computation sorts each chunk of examples by length and runs passes of at most
+# TOKENS_PER_PASS padded tokens in which padding adds at most MAX_PADDING_WASTE to the real tokens.
 TOKENS_PER_PASS = 4096
+MAX_PADDING_WASTE = 0.10
+# Tokens per datasets.map chunk: large enough that sorted neighbours have similar lengths.
+TOKENS_PER_CHUNK = 32768
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,8 +120,8 @@ def dataset_content_hash(
     for col in columns:
         if col not in ds.column_names:
             continue
-        values = ds[col]
-        if values and isinstance(values[0], list):
+        values = list(ds[col])  # datasets 4+ returns a lazy Column
+        if values and isinstance(values[0], (list, tuple, np.ndarray)):
             lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
             flat = np.fromiter((x for v in values for x in v), dtype=np.int64, count=int(lengths.sum()))
             h.update(f"{col}|list|".encode() + lengths.tobytes() + flat.tobytes())
@@ -174,34 +178,42 @@ def _features_for_batch(
     dtype: torch.dtype | None,
     keep_padding: bool,
 ) -> dict[str, list]:
-    """``datasets.map`` function: sort the batch by length, run it in passes of about
-    ``TOKENS_PER_PASS`` padded tokens, return float32 states in the original order. With
+    """``datasets.map`` function: sort the chunk by length, run it in passes of similar lengths (at
+    most ``TOKENS_PER_PASS`` padded tokens), return float32 states in the original order. With
     ``keep_padding`` each example keeps every position of its row (``last`` pooling reads a padded
     one); otherwise only its real tokens (all that right padding lets the other poolings see)."""
     ids_list, masks = batch["input_ids"], batch["attention_mask"]
+    # Positions computed and kept per example; the rest of a row (right padding) is never read.
     kept = [len(x) if keep_padding else max(1, sum(m)) for x, m in zip(ids_list, masks)]
-    order = sorted(range(len(ids_list)), key=lambda i: len(ids_list[i]))
+    order = sorted(range(len(ids_list)), key=lambda i: kept[i])
     out: list[Any] = [None] * len(ids_list)
     i = 0
     while i < len(order):
         j = i + 1
-        while j < len(order) and (j + 1 - i) * len(ids_list[order[j]]) <= TOKENS_PER_PASS:
+        real = kept[order[i]]
+        while j < len(order):
+            width = kept[order[j]]  # sorted ascending: the widest so far
+            if (j + 1 - i) * width > min(TOKENS_PER_PASS, (1 + MAX_PADDING_WASTE) * (real + width)):
+                break
+            real += width
             j += 1
         group = order[i:j]
-        width = max(1, len(ids_list[group[-1]]))
+        width = kept[group[-1]]
         ids = torch.full((len(group), width), PAD_TOKEN_ID, dtype=torch.long)
         mask = torch.zeros((len(group), width), dtype=torch.long)
         for r, idx in enumerate(group):
-            n = len(ids_list[idx])
-            ids[r, :n] = torch.as_tensor(ids_list[idx], dtype=torch.long)
-            mask[r, :n] = torch.as_tensor(masks[idx], dtype=torch.long)
+            row_ids, row_mask = ids_list[idx][: kept[idx]], masks[idx][: kept[idx]]
+            ids[r, : len(row_ids)] = torch.as_tensor(row_ids, dtype=torch.long)
+            mask[r, : len(row_mask)] = torch.as_tensor(row_mask, dtype=torch.long)
         with _autocast(device, dtype):
             states = prefix_states(model, ids.to(device), mask.to(device), k)
         states = states.float().cpu().numpy()
         for r, idx in enumerate(group):
             out[idx] = states[r] if states.ndim == 2 else states[r, : kept[idx]]
         i = j
-    return {FEATURE_COLUMN: out, "attention_mask": [m[:n] for m, n in zip(masks, kept)], "length": kept}
+    # (An empty text keeps one padding position, masked, like the padding collator gives it.)
+    trimmed = [list(m[:n]) + [0] * (n - len(m[:n])) for m, n in zip(masks, kept)]
+    return {FEATURE_COLUMN: out, "attention_mask": trimmed, "length": kept}
 
 
 def compute_features(
@@ -230,17 +242,20 @@ def compute_features(
     })
     cache_file = Path(cache_file)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
+    lengths = [len(x) for x in dataset["input_ids"]]
+    chunk = int(min(1024, max(32, TOKENS_PER_CHUNK * len(lengths) / max(1, sum(lengths)))))
     was_training = model.training
     model.eval()  # dropout is 0 anyway; eval() also keeps any future train-only behaviour out
     try:
         with torch.inference_mode():
-            # Rows of up to 1024 x 768 floats: keep Arrow's write buffer small (memory), 64 rows.
+            # Rows of up to 1024 x 768 floats: keep Arrow's write buffer small (memory), 64 rows;
+            # chunks of about TOKENS_PER_CHUNK tokens (~100 MB of float32 GPT-2-small states).
             out = dataset.map(
                 _features_for_batch,
                 fn_kwargs={"model": model, "k": k, "device": device, "dtype": compute_dtype,
                            "keep_padding": keep_padding},
                 batched=True,
-                batch_size=64,
+                batch_size=chunk,
                 writer_batch_size=64,
                 remove_columns=["input_ids"],
                 features=features,

@@ -17,6 +17,7 @@ from hf_spam.data import load_sms_spam
 from hf_spam.feature_cache import (
     FrozenTrunkSuffix,
     caching_blocker,
+    dataset_content_hash,
     prepare_cached_training,
 )
 from hf_spam.metrics import trainer_compute_metrics
@@ -187,6 +188,20 @@ def test_cache_is_reused_and_invalidated_by_weights_data_and_padding(raw, tmp_pa
     assert chapter.datasets["validation"][0]["hidden_states"].shape == (length, fresh.config.emb_dim)
 
 
+def test_cache_key_changes_with_one_token_or_label():
+    import datasets
+
+    def key(ids, labels):
+        ds = datasets.Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids],
+                                         "labels": labels})
+        return dataset_content_hash(ds)
+
+    base = key([[1, 2, 3], [4, 5]], [0, 1])
+    assert base == key([[1, 2, 3], [4, 5]], [0, 1])
+    assert len({base, key([[1, 2, 3], [4, 6]], [0, 1]), key([[1, 2, 3], [4, 5]], [0, 0]),
+                key([[1, 2], [3, 4, 5]], [0, 1])}) == 4
+
+
 def row_3(info):
     return info.datasets["train"][3]["hidden_states"]
 
@@ -299,10 +314,11 @@ def test_bf16_autocast_matches_float32_accuracy(sms_file, tmp_path):
     for bf16 in (False, True):
         # Both blocks, final norm and head trained, no cache: bf16 autocast runs through the whole model.
         results[bf16] = train_once(data, tmp_path / str(bf16), trainable="last_two_blocks", pooling="last_non_pad",
-                                   padding="dynamic", cache=False, bf16=bf16, max_steps=130, logging_steps=10)
+                                   padding="dynamic", cache=False, bf16=bf16, max_steps=80, logging_steps=10)
     (f_losses, f_metrics, _, _), (b_losses, b_metrics, _, _) = results[False], results[True]
-    assert f_metrics["eval_accuracy"] >= 0.85  # it learned, so the comparison means something
-    assert abs(f_metrics["eval_accuracy"] - b_metrics["eval_accuracy"]) <= 0.04
+    accuracies = (f_metrics["eval_accuracy"], b_metrics["eval_accuracy"])
+    assert accuracies[0] >= 0.8, accuracies  # it learned (chance is 0.5), so the comparison means something
+    assert abs(accuracies[0] - accuracies[1]) <= 0.04, accuracies
     assert abs(f_metrics["eval_loss"] - b_metrics["eval_loss"]) <= 0.1
     assert all(abs(a - b) <= 0.1 for a, b in zip(f_losses, b_losses))
     assert f_losses != b_losses  # ... and bf16 did change the arithmetic: it really ran
