@@ -22,6 +22,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_FILE = ROOT.parent / "shared" / "data" / "sms_spam_collection" / "SMSSpamCollection"
+DEFAULT_BPE_DIR = ROOT.parent / "shared" / "data" / "gpt2-bpe"
 RESULT_PREFIX = "BENCH_RESULT "
 
 
@@ -44,7 +45,13 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 
 def data_file_arg(value: str | None) -> str | None:
-    """The SMS file to read: the argument, else ../shared's copy when present, else None (download)."""
+    """The SMS file to read: the argument, else ../shared's copy when present, else None (download).
+
+    Also points ``HF_SPAM_BPE_DIR`` (unless set) at ../shared's GPT-2 BPE files when present, so the
+    benchmarks tokenize offline; they are OpenAI's files, checked against their sha256 when read.
+    """
+    if "HF_SPAM_BPE_DIR" not in os.environ and (DEFAULT_BPE_DIR / "encoder.json").is_file():
+        os.environ["HF_SPAM_BPE_DIR"] = str(DEFAULT_BPE_DIR)  # inherited by every case's process
     if value:
         return value
     return str(DEFAULT_DATA_FILE) if DEFAULT_DATA_FILE.is_file() else None
