@@ -556,12 +556,6 @@ def load_openai_tf_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, Any]
     return sizes, _hf_to_chapter(tensors, sizes, data_file, lambda n: names.get(n, openai_name(n)))
 
 
-def default_cache_dir() -> Path:
-    """``$HF_SPAM_CACHE`` when set, else ``~/.cache/hf_spam``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "hf_spam"
-
-
 def download_openai_gpt2(
     size: str,
     cache_dir: str | os.PathLike | None = None,
@@ -577,6 +571,7 @@ def download_openai_gpt2(
     """
     if size not in OPENAI_TO_HUB:
         raise WeightsError(f"model size {size!r}: expected one of {', '.join(OPENAI_TO_HUB)}")
+    from .data import default_cache_dir  # one cache folder for data, checkpoints and features
     from .download import DownloadError, download_file
 
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
