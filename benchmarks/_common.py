@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from hf_spam.measure import markdown_table, peak_rss_mb, run_measured  # noqa: F401 - re-exported for the scripts
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_FILE = ROOT.parent / "shared" / "data" / "sms_spam_collection" / "SMSSpamCollection"
 DEFAULT_BPE_DIR = ROOT.parent / "shared" / "data" / "gpt2-bpe"
@@ -55,12 +57,6 @@ def data_file_arg(value: str | None) -> str | None:
     if value:
         return value
     return str(DEFAULT_DATA_FILE) if DEFAULT_DATA_FILE.is_file() else None
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size in MiB (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def cpu_seconds() -> float:
@@ -129,31 +125,13 @@ def run_case(script: str | Path, case: str, argv: Sequence[str], timeout: float 
 def run_command_measured(
     cmd: Sequence[str], log_file: Path, timeout: float = 7200, env: dict | None = None
 ) -> dict[str, Any]:
-    """Run a whole command (e.g. ``scripts/train.py``) in its own process, output to ``log_file``:
-    wall time and that process's own peak RSS (``os.wait4``'s rusage of exactly this child)."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    with open(log_file, "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(list(cmd), cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() - started > timeout:
-                proc.kill()
-                os.wait4(proc.pid, 0)
-                raise BenchError(f"{' '.join(cmd[1:3])} ...: no result within {timeout:.0f} s (log: {log_file})")
-            time.sleep(0.05)
-    wall = time.perf_counter() - started
-    code = os.waitstatus_to_exitcode(status)
-    proc.returncode = code  # already reaped: keep Popen from waiting again
-    if code != 0:
+    """Run a whole command (e.g. ``scripts/train.py``) in its own process, output to ``log_file``: wall time
+    and that process's own peak RSS; a failure is a ``BenchError`` with the end of its log."""
+    result = run_measured(cmd, log_file, timeout=timeout, env=env, cwd=ROOT)
+    if result["status"] != 0:
         tail = log_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
-        raise BenchError(f"{' '.join(cmd[1:3])}: exited with {code}: {' | '.join(tail)}")
-    peak = usage.ru_maxrss / (1024 * 1024) if sys.platform == "darwin" else usage.ru_maxrss / 1024
-    return {"wall_s": round(wall, 2), "peak_rss_mb": round(peak, 1),
-            "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "load_after": round(load_average(), 2)}
+        raise BenchError(f"{' '.join(map(str, cmd[1:3]))}: exited with {result['status']}: {' | '.join(tail)}")
+    return {**result, "load_after": round(load_average(), 2)}
 
 
 def timed(fn: Callable[[], Any], repeat: int, warmup: int = 1) -> list[float]:
@@ -192,17 +170,6 @@ def machine_description() -> str:
         f"{torch.get_num_threads()} threads, bf16 instructions: {'yes' if bf16 else 'no'}, "
         f"load average at start {load:.2f}"
     )
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:.3g}" if abs(v) < 100 else f"{v:,.0f}"
-        return str(v)
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def write_json(path: str | None, data: Any) -> None:

@@ -88,10 +88,11 @@ def plain_loop_step_times(case: str, model_size: str, data_file: str | None, war
         def loss_fn(x, y):  # noqa: ANN001
             return model(input_ids=x, attention_mask=(x != 50256).long(), labels=y).loss
     else:
-        from hf_spam.training import ModelArguments, build_model, set_trainable_layers
+        from hf_spam.arguments import ModelArguments
+        from hf_spam.training import set_trainable_layers
+        from hf_spam.weights import build_model
 
-        model = build_model(ModelArguments(model_size=model_size, weights="random", pooling="last"),
-                            max_length=CHAPTER_LENGTH)
+        model = build_model(ModelArguments(model_size=model_size, weights="random", pooling="last"), CHAPTER_LENGTH)
         set_trainable_layers(model, "last_block")
 
         def loss_fn(x, y):  # noqa: ANN001
@@ -110,12 +111,14 @@ def plain_loop_step_times(case: str, model_size: str, data_file: str | None, war
 
 def trainer_step_times(case: str, model_size: str, data_file: str | None, warmup: int, steps: int) -> dict:
     """Seconds between consecutive optimizer steps of a real ``Trainer`` run (data loading included)."""
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
+    from hf_spam.arguments import ModelArguments
     from hf_spam.data import load_sms_spam
     from hf_spam.feature_cache import prepare_cached_training
-    from hf_spam.tokenization import PaddingCollator, tokenize_splits
-    from hf_spam.training import ModelArguments, build_model, set_trainable_layers
+    from hf_spam.tokenization import build_hf_tokenizer, tokenize_splits
+    from hf_spam.training import set_trainable_layers
+    from hf_spam.weights import build_model
 
     dynamic = "dynamic" in case
     cached = "cached" in case
@@ -125,7 +128,7 @@ def trainer_step_times(case: str, model_size: str, data_file: str | None, warmup
     raw = type(raw)({"train": raw["train"].select(range(n))})
     tok, length = tokenize_splits(raw, padding=padding, max_length=None if dynamic else CHAPTER_LENGTH)
     tok = tok.rename_column("label", "labels").remove_columns(["text"])
-    full = build_model(ModelArguments(model_size=model_size, weights="random", pooling=pooling), max_length=length)
+    full = build_model(ModelArguments(model_size=model_size, weights="random", pooling=pooling), length)
     set_trainable_layers(full, "last_block")
 
     class StepClock(TrainerCallback):
@@ -145,7 +148,7 @@ def trainer_step_times(case: str, model_size: str, data_file: str | None, warmup
             report_to="none", seed=123, use_cpu=True, disable_tqdm=True, dataloader_drop_last=True,
             bf16="bf16" in case,
         )
-        model, data, collator, extra = full, tok, PaddingCollator(), {}
+        model, data, collator, extra = full, tok, DataCollatorWithPadding(build_hf_tokenizer()), {}
         if cached:
             t = time.perf_counter()
             info = prepare_cached_training(full, tok, trainable_layers="last_block", padding=padding,

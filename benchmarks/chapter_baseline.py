@@ -1,4 +1,5 @@
-"""The chapter's plain PyTorch code, the baseline the benchmarks compare against.
+"""The chapter's plain PyTorch code: the baseline the benchmarks compare against, and the reference the
+tests check our model against (the one copy of it in this repository).
 
 A faithful re-implementation of *Build a Large Language Model (From Scratch)*'s chapter-4
 ``GPTModel`` (explicit masked softmax attention, hand-written LayerNorm and tanh GELU) and the
@@ -107,10 +108,11 @@ def chapter_config(model_size: str) -> dict:
             "emb_dim": emb, "n_layers": layers, "n_heads": heads}
 
 
-def chapter_classifier(model_size: str, seed: int = 123) -> GPTModel:
-    """The chapter's set-up: freeze everything, new 2-way head, train the last block and final norm."""
+def chapter_classifier(model_size: str | dict, seed: int = 123) -> GPTModel:
+    """The chapter's set-up: freeze everything, new 2-way head, train the last block and final norm.
+    ``model_size``: a size name, or the chapter's config dict itself."""
     torch.manual_seed(seed)
-    model = GPTModel(chapter_config(model_size))
+    model = GPTModel(chapter_config(model_size) if isinstance(model_size, str) else model_size)
     for p in model.parameters():
         p.requires_grad = False
     torch.manual_seed(seed)

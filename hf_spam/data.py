@@ -10,14 +10,15 @@ from __future__ import annotations
 import csv
 import io
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
 import pandas as pd
 
-from .download import ArchiveError, DownloadError, download_file, extract_zip_member, redact_url, sha256_file
+from .download import download_file, extract_zip_member, sha256_file
+from .errors import HfSpamError
+from .files import atomic_path, cache_dir
 
 SMS_URLS = (
     "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",
@@ -27,23 +28,12 @@ SMS_URLS = (
 SMS_SHA256 = "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d"
 SMS_MEMBER = "SMSSpamCollection"
 LABEL_NAMES = ["ham", "spam"]
-CACHE_ENV = "HF_SPAM_CACHE"
 SPLITS = ("train", "validation", "test")
 _EXPECTED = "expected UTF-8 lines of 'ham' or 'spam', a tab, and the message text"
 
 
-class DataFileError(ValueError):
-    """A data file that cannot be used; the one-line message names the file (and line) and what was expected."""
-
-
-def default_cache_dir() -> Path:
-    """``$HF_SPAM_CACHE`` when set, else ``~/.cache/hf_spam``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "hf_spam"
-
-
 def download_sms_spam(
-    cache_dir: str | os.PathLike | None = None,
+    cache: str | os.PathLike | None = None,
     timeout: float = 30.0,
     *,
     urls: Sequence[str] = SMS_URLS,
@@ -53,33 +43,21 @@ def download_sms_spam(
 
     A verified extracted file is reused without any network access. Each URL is tried in turn
     (UCI, then the backup) until one gives a zip whose member matches ``SMS_SHA256``; the zip is
-    deleted after extraction (only the verified text file is kept). Raises ``DownloadError``.
+    deleted after extraction (only the verified text file is kept). Raises ``UnavailableError``.
     """
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    folder = folder / "sms_spam_collection"
+    folder = cache_dir(cache) / "sms_spam_collection"
     target = folder / SMS_MEMBER
     if target.is_file():
         if sha256_file(target) == SMS_SHA256:
             return target
         target.unlink()  # not the collection: never reuse it
-    folder.mkdir(parents=True, exist_ok=True)
     zip_path = folder / "sms_spam_collection.zip"
-    failures: list[str] = []
-    for url in urls:
-        try:
-            # A leftover zip under the final name is stale (it is always deleted after use).
-            zip_path.unlink(missing_ok=True)
-            download_file([url], zip_path, timeout=timeout, desc="SMS Spam Collection", progress=progress)
-            extract_zip_member(zip_path, SMS_MEMBER, target, sha256=SMS_SHA256)
-            return target
-        except DownloadError as err:
-            failures.extend(err.failures)
-        except ArchiveError as err:
-            failures.append(f"{redact_url(url)} (bad archive: {str(err).removeprefix(f'{zip_path}: ')})")
-        finally:
-            zip_path.unlink(missing_ok=True)
-    tried = "; ".join(failures) if failures else "no URL given"
-    raise DownloadError(f"could not get {SMS_MEMBER} into {folder}: {tried}", failures)
+    try:  # the zip is only a vehicle: a URL whose zip lacks the verified member counts as failed
+        download_file(urls, zip_path, timeout=timeout, desc="SMS Spam Collection", progress=progress,
+                      check=lambda tmp: extract_zip_member(tmp, SMS_MEMBER, target, sha256=SMS_SHA256))
+    finally:
+        zip_path.unlink(missing_ok=True)
+    return target
 
 
 def _decode(path: Path, raw: bytes) -> str:
@@ -87,7 +65,7 @@ def _decode(path: Path, raw: bytes) -> str:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
-        raise DataFileError(f"{path}:{line}: invalid UTF-8 (byte 0x{raw[err.start]:02x}); {_EXPECTED}") from None
+        raise HfSpamError(f"{path}:{line}: invalid UTF-8 (byte 0x{raw[err.start]:02x}); {_EXPECTED}") from None
     return text[1:] if text.startswith("\ufeff") else text  # drop a BOM, as pandas does
 
 
@@ -110,7 +88,7 @@ def read_sms_file(path: str | os.PathLike) -> pd.DataFrame:
 
     Gives exactly the rows of ``pd.read_csv(path, sep="\\t", header=None, names=["Label", "Text"])``
     on the real file (its default quote handling merges a few lines; kept on purpose), but checks
-    every row and raises ``DataFileError`` naming the file and line. Handled: blank lines (skipped,
+    every row and raises ``HfSpamError`` naming the file and line. Handled: blank lines (skipped,
     like pandas), a BOM, CRLF line ends, and a header row ``label<TAB>text`` in any case (skipped).
     Refused: invalid UTF-8, rows without exactly two tab-separated columns, labels other than
     lower-case ``ham``/``spam`` (strict: ``Ham`` or `` spam`` are errors), empty or blank text, an
@@ -120,13 +98,13 @@ def read_sms_file(path: str | os.PathLike) -> pd.DataFrame:
     """
     path = Path(path)
     if path.is_dir():
-        raise DataFileError(f"{path}: is a directory; expected the SMS Spam Collection text file")
+        raise HfSpamError(f"{path}: is a directory; expected the SMS Spam Collection text file")
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise DataFileError(f"{path}: file not found; expected the SMS Spam Collection text file") from None
+        raise HfSpamError(f"{path}: file not found; expected the SMS Spam Collection text file") from None
     except OSError as err:
-        raise DataFileError(f"{path}: cannot read ({err.strerror}); expected a readable text file") from None
+        raise HfSpamError(f"{path}: cannot read ({err.strerror}); expected a readable text file") from None
     text = _decode(path, raw)
 
     labels: list[str] = []
@@ -142,7 +120,7 @@ def read_sms_file(path: str | os.PathLike) -> pd.DataFrame:
         except StopIteration:
             break
         except csv.Error as err:
-            raise DataFileError(f"{path}:{start}: unreadable row ({err}; unbalanced quote?); {_EXPECTED}") from None
+            raise HfSpamError(f"{path}:{start}: unreadable row ({err}; unbalanced quote?); {_EXPECTED}") from None
         if not row:
             continue  # blank line
         last_start, last_row = start, row
@@ -151,18 +129,18 @@ def read_sms_file(path: str | os.PathLike) -> pd.DataFrame:
             if [field.strip().lower() for field in row] == ["label", "text"]:
                 continue  # header row
         if len(row) != 2:
-            raise DataFileError(f"{path}:{start}: {len(row)} tab-separated column(s); {_EXPECTED}")
+            raise HfSpamError(f"{path}:{start}: {len(row)} tab-separated column(s); {_EXPECTED}")
         label, message = row
         if label not in LABEL_NAMES:
-            raise DataFileError(f"{path}:{start}: label {label!r}; expected 'ham' or 'spam' (lower case)")
+            raise HfSpamError(f"{path}:{start}: label {label!r}; expected 'ham' or 'spam' (lower case)")
         if not message.strip():
-            raise DataFileError(f"{path}:{start}: empty message text; {_EXPECTED}")
+            raise HfSpamError(f"{path}:{start}: empty message text; {_EXPECTED}")
         labels.append(label)
         texts.append(message)
     if last_row and _quote_left_open(text, last_start):
-        raise DataFileError(f"{path}:{last_start}: a quote opened on this line is never closed; {_EXPECTED}")
+        raise HfSpamError(f"{path}:{last_start}: a quote opened on this line is never closed; {_EXPECTED}")
     if not labels:
-        raise DataFileError(f"{path}: no data rows; {_EXPECTED}")
+        raise HfSpamError(f"{path}: no data rows; {_EXPECTED}")
     return pd.DataFrame({"Label": labels, "Text": texts})
 
 
@@ -183,7 +161,7 @@ def _cut(df: pd.DataFrame, train_frac: float, validation_frac: float) -> list[pd
 def load_sms_spam(
     data_file: str | os.PathLike | None = None,
     *,
-    cache_dir: str | os.PathLike | None = None,
+    cache: str | os.PathLike | None = None,
     balanced: bool = True,
     seed: int = 123,
     train_frac: float = 0.7,
@@ -198,16 +176,16 @@ def load_sms_spam(
     Downloads the collection when ``data_file`` is None.
     """
     if not (0 < train_frac < 1 and 0 <= validation_frac < 1 and train_frac + validation_frac < 1):
-        raise ValueError(
+        raise HfSpamError(
             f"train_frac={train_frac}, validation_frac={validation_frac}: expected 0 < train_frac, "
             "0 <= validation_frac and train_frac + validation_frac < 1 (the test split takes the rest)"
         )
-    path = Path(data_file) if data_file is not None else download_sms_spam(cache_dir)
+    path = Path(data_file) if data_file is not None else download_sms_spam(cache)
     df = read_sms_file(path)
     ham, spam = df[df["Label"] == "ham"], df[df["Label"] == "spam"]
     for name, part in (("ham", ham), ("spam", spam)):
         if part.empty:
-            raise DataFileError(f"{path}: no {name!r} rows; expected both 'ham' and 'spam' messages")
+            raise HfSpamError(f"{path}: no {name!r} rows; expected both 'ham' and 'spam' messages")
     if balanced:
         n = min(len(ham), len(spam))
         if len(ham) > n:
@@ -229,7 +207,7 @@ def load_sms_spam(
         ]
     for split, part in zip(SPLITS, parts):
         if part.empty and not (split == "validation" and validation_frac == 0):
-            raise DataFileError(
+            raise HfSpamError(
                 f"{path}: too few rows ({len(df)}) for a non-empty {split} split; expected more messages"
             )
     return datasets.DatasetDict({split: _to_dataset(part) for split, part in zip(SPLITS, parts)})
@@ -237,44 +215,9 @@ def load_sms_spam(
 
 def write_splits_csv(dataset: datasets.DatasetDict, out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write ``{split}.csv`` (columns ``Label`` (0/1) and ``Text``, no index, like the chapter) atomically."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     for split, ds in dataset.items():
-        frame = pd.DataFrame({"Label": [int(x) for x in ds["label"]], "Text": list(ds["text"])})
-        dest = out / f"{split}.csv"
-        fd, tmp_name = tempfile.mkstemp(dir=out, prefix=f".{dest.name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-                frame.to_csv(f, index=None)
-            os.replace(tmp_name, dest)
-        finally:
-            Path(tmp_name).unlink(missing_ok=True)
-        paths[split] = dest
+        paths[split] = Path(out_dir) / f"{split}.csv"
+        with atomic_path(paths[split]) as tmp:
+            pd.DataFrame({"Label": list(ds["label"]), "Text": list(ds["text"])}).to_csv(tmp, index=False)
     return paths
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``scripts/prepare_data.py`` / ``hf-spam prepare-data``: write the chapter's split CSVs."""
-    import argparse
-    import sys
-
-    from .download import ArchiveError, DownloadError
-
-    parser = argparse.ArgumentParser(description="Write the chapter's train/validation/test CSV files.")
-    parser.add_argument("--data_file", help="local SMSSpamCollection file (default: download into the cache)")
-    parser.add_argument("--cache_dir", help="download cache (default: $HF_SPAM_CACHE or ~/.cache/hf_spam)")
-    parser.add_argument("--output_dir", default="data", help="folder for train.csv, validation.csv, test.csv")
-    parser.add_argument("--natural_balance", action="store_true",
-                        help="keep all messages (stratified split) instead of 747 ham + 747 spam")
-    parser.add_argument("--seed", type=int, default=123, help="sampling and shuffling seed (the chapter's 123)")
-    args = parser.parse_args(argv)
-    try:
-        dataset = load_sms_spam(args.data_file, cache_dir=args.cache_dir, balanced=not args.natural_balance,
-                                seed=args.seed)
-        paths = write_splits_csv(dataset, args.output_dir)
-    except (DataFileError, DownloadError, ArchiveError, OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
-    for split, path in paths.items():
-        print(f"{split}: {dataset[split].num_rows} rows -> {path}")

@@ -1,8 +1,8 @@
-"""Safe downloads: primary → backup URLs, timeouts, size/sha256 checks, atomic writes.
+"""Safe downloads: primary then backup URLs, timeouts, size/sha256 checks, atomic writes, zip members.
 
-Nothing is ever left under the final name unless it was verified: bytes go to a temp file in the
-destination folder and only a complete, checked file is ``os.replace``-d into place. A failed
-attempt removes its temp file, so the next call simply retries.
+Nothing lands under its final name unless it was verified: bytes go to a temporary file beside the
+destination and only a complete, checked file is renamed into place. A failed attempt removes its
+temporary file, so the next call simply retries.
 """
 
 from __future__ import annotations
@@ -11,36 +11,20 @@ import hashlib
 import os
 import shutil
 import sys
-import tempfile
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+import urllib3.exceptions
 from tqdm.auto import tqdm
 
+from .errors import HfSpamError, UnavailableError, one_line
+from .files import atomic_path
+
 CHUNK_SIZE = 1 << 16
-
-
-class DownloadError(RuntimeError):
-    """No URL gave a verified file; the one-line message names the file and each URL's failure.
-
-    ``failures`` holds one ``"URL (reason)"`` string per URL tried.
-    """
-
-    def __init__(self, message: str, failures: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        self.failures = list(failures)
-
-
-class ArchiveError(ValueError):
-    """A zip archive is unreadable, lacks the wanted member, holds an unsafe path or fails its checksum."""
-
-
-class _AttemptFailed(Exception):
-    """One URL's failure, with a short reason for the final message."""
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -53,81 +37,66 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def redact_url(url: str) -> str:
-    """The URL without user:password and query/fragment, which may carry secrets (signed URLs, tokens)."""
+    """The URL without user:password, query and fragment, which may carry secrets (signed URLs, tokens)."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<unparsable URL>"
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    query = "…" if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, "…" if parts.query else "", ""))
 
 
-def _verify(path: Path, sha256: str | None, size: int | None) -> str | None:
-    """``None`` when ``path`` matches the expected size and sha256, else the reason it does not."""
-    actual_size = path.stat().st_size
-    if size is not None and actual_size != size:
-        return f"size {actual_size} bytes, expected {size}"
-    if sha256 is not None:
-        actual = sha256_file(path)
-        if actual != sha256.lower():
-            return f"sha256 {actual}, expected {sha256.lower()}"
+def _mismatch(path: Path, sha256: str | None, size: int | None) -> str | None:
+    """Why ``path`` does not match the expected size and sha256, or ``None`` when it does."""
+    if size is not None and path.stat().st_size != size:
+        return f"size {path.stat().st_size} bytes, expected {size}"
+    if sha256 is not None and (actual := sha256_file(path)) != sha256.lower():
+        return f"sha256 {actual}, expected {sha256.lower()}"
     return None
 
 
-def _describe(err: BaseException, timeout: float) -> str:
-    """A short, secret-free reason for a requests/urllib3 failure (their own messages are long and nested)."""
-    import urllib3.exceptions as u3
-
-    # requests wraps a read timeout inside iter_content as ConnectionError(ReadTimeoutError).
-    inner = err.args[0] if err.args else None
-    if isinstance(err, requests.exceptions.ConnectTimeout):
+def _network_reason(err: requests.RequestException, timeout: float) -> str:
+    """A short, secret-free reason for a requests failure (their own messages are long and nested)."""
+    inner = err.args[0] if err.args else None  # a read timeout inside iter_content arrives wrapped
+    if isinstance(err, requests.ConnectTimeout):
         return f"connection timed out after {timeout:g}s"
-    if isinstance(err, requests.exceptions.ReadTimeout) or isinstance(inner, u3.ReadTimeoutError):
+    if isinstance(err, requests.ReadTimeout) or isinstance(inner, urllib3.exceptions.ReadTimeoutError):
         return f"stalled: no data for {timeout:g}s"
-    if isinstance(err, requests.exceptions.ChunkedEncodingError) or isinstance(inner, u3.ProtocolError):
+    if isinstance(err, requests.exceptions.ChunkedEncodingError) or isinstance(inner, urllib3.exceptions.ProtocolError):
         return "truncated: connection closed before the end of the file"
     if isinstance(err, requests.exceptions.SSLError):
         return "TLS/SSL error"
-    if isinstance(err, requests.exceptions.ConnectionError):
+    if isinstance(err, requests.ConnectionError):
         return "connection failed"
-    if isinstance(err, requests.exceptions.InvalidURL | requests.exceptions.MissingSchema):
+    if isinstance(err, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema)):
         return "invalid URL"
     return type(err).__name__
 
 
-def _fetch(url: str, tmp: Path, *, size: int | None, timeout: float, desc: str, progress: bool) -> None:
-    """Stream ``url`` into ``tmp``; raise ``_AttemptFailed`` on any network or length problem."""
+def _fetch(url: str, tmp: Path, *, size: int | None, timeout: float, desc: str, progress: bool) -> str | None:
+    """Stream ``url`` into ``tmp``; returns why the attempt failed, or ``None``."""
     # identity encoding: Content-Length then counts the bytes we write, so truncation is detectable.
-    headers = {"Accept-Encoding": "identity"}
-    # (connect, read): the read timeout bounds every wait for data, so a stalled server fails.
-    with requests.get(url, stream=True, timeout=(timeout, timeout), headers=headers) as resp:
+    # (connect, read) timeouts: the read timeout bounds every wait for data, so a stalled server fails.
+    with requests.get(url, stream=True, timeout=(timeout, timeout), headers={"Accept-Encoding": "identity"}) as resp:
         if resp.status_code != 200:
-            raise _AttemptFailed(f"HTTP {resp.status_code}")
-        announced = resp.headers.get("Content-Length")
-        expected = int(announced) if announced and announced.isdigit() else None
-        if resp.headers.get("Content-Encoding", "identity") not in ("identity", ""):
-            expected = None  # the header then counts encoded bytes
+            return f"HTTP {resp.status_code}"
+        announced = resp.headers.get("Content-Length", "")
+        expected = int(announced) if announced.isdigit() else None
         if expected is not None and size is not None and expected != size:
-            raise _AttemptFailed(f"server announces {expected} bytes, expected {size}")
+            return f"server announces {expected} bytes, expected {size}"
         received = 0
-        with (
-            open(tmp, "wb") as f,
-            tqdm(
-                total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
-                disable=True if not progress else None, leave=False, file=sys.stderr,
-            ) as bar,
-        ):
+        with open(tmp, "wb") as f, tqdm(total=expected, unit="B", unit_scale=True, desc=desc, leave=False,
+                                        disable=None if progress else True, file=sys.stderr) as bar:
             for chunk in resp.iter_content(chunk_size=CHUNK_SIZE):
                 f.write(chunk)
                 received += len(chunk)
                 bar.update(len(chunk))
     if expected is not None and received != expected:
-        raise _AttemptFailed(f"truncated: got {received} of {expected} bytes")
+        return f"truncated: got {received} of {expected} bytes"
+    return None
 
 
 def download_file(
-    urls: Sequence[str],
+    urls: str | Sequence[str],
     dest: str | os.PathLike,
     *,
     sha256: str | None = None,
@@ -135,96 +104,76 @@ def download_file(
     timeout: float = 30.0,
     desc: str | None = None,
     progress: bool = True,
+    check: Callable[[Path], None] | None = None,
 ) -> Path:
     """Download ``dest`` from the first URL that gives a complete file matching ``size``/``sha256``.
 
-    An existing ``dest`` that matches is returned without any network access (one that does not
-    match is removed). ``timeout`` bounds the connection and every wait for data. Raises
-    ``DownloadError`` naming each URL and why it failed.
+    An existing ``dest`` that matches is returned without any network access (one that does not is
+    removed). ``check(tmp)`` may reject a download by raising ``HfSpamError`` (then the next URL is
+    tried). Raises ``UnavailableError`` naming each URL and why it failed.
     """
     dest = Path(dest)
-    if isinstance(urls, str):
-        urls = [urls]
-    if dest.is_file():
-        if _verify(dest, sha256, size) is None:
+    urls = [urls] if isinstance(urls, str) else list(urls)
+    if dest.is_file() and check is None:
+        if _mismatch(dest, sha256, size) is None:
             return dest
         dest.unlink()  # known bad: never leave it under the final name
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    failures: list[str] = []
+    failures = []
     for url in urls:
-        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-        os.close(fd)
-        tmp = Path(tmp_name)
         try:
-            _fetch(url, tmp, size=size, timeout=timeout, desc=desc or dest.name, progress=progress)
-            problem = _verify(tmp, sha256, size)
-            if problem is not None:
-                raise _AttemptFailed(problem)
-            os.replace(tmp, dest)
+            with atomic_path(dest) as tmp:
+                problem = _fetch(url, tmp, size=size, timeout=timeout, desc=desc or dest.name, progress=progress)
+                problem = problem or _mismatch(tmp, sha256, size)
+                if problem is None and check is not None:
+                    check(tmp)
+                if problem is not None:
+                    raise HfSpamError(problem)
             return dest
-        except _AttemptFailed as err:
-            failures.append(f"{redact_url(url)} ({err})")
-        except requests.exceptions.RequestException as err:
-            failures.append(f"{redact_url(url)} ({_describe(err, timeout)})")
+        except requests.RequestException as err:
+            failures.append(f"{redact_url(url)} ({_network_reason(err, timeout)})")
+        except HfSpamError as err:
+            failures.append(f"{redact_url(url)} ({one_line(err).replace(str(tmp), dest.name)})")
         except OSError as err:
             failures.append(f"{redact_url(url)} (local file error: {err.strerror or type(err).__name__})")
-        finally:
-            tmp.unlink(missing_ok=True)
-    tried = "; ".join(failures) if failures else "no URL given"
-    raise DownloadError(f"could not download {dest.name} to {dest.parent}: {tried}", failures)
-
-
-def _is_unsafe(name: str) -> bool:
-    """True for absolute paths, drive letters and ``..`` components (zip-slip)."""
-    norm = name.replace("\\", "/")
-    if norm.startswith("/") or (len(norm) > 1 and norm[1] == ":"):
-        return True
-    return ".." in PurePosixPath(norm).parts
+    raise UnavailableError(f"could not download {dest.name} to {dest.parent}: {'; '.join(failures) or 'no URL given'}")
 
 
 def extract_zip_member(zip_path: str | os.PathLike, member: str, dest: str | os.PathLike, *,
                        sha256: str | None = None) -> Path:
-    """Extract the one member whose base name is ``member`` from ``zip_path`` to ``dest``.
+    """Extract the one entry whose base name is ``member`` from ``zip_path`` to ``dest``, atomically.
 
-    Refuses an archive whose matching entries have absolute or ``..`` paths, and ambiguous or
-    missing members; checks ``sha256`` before the atomic ``os.replace``. Raises ``ArchiveError``.
+    Refuses absolute or ``..`` entry paths (zip-slip), missing or ambiguous members and a wrong sha256
+    with an ``HfSpamError`` that names the archive.
     """
-    zip_path, dest = Path(zip_path), Path(dest)
+    zip_path = Path(zip_path)
+    where = f"{zip_path}: bad archive:"
     try:
         zf = zipfile.ZipFile(zip_path)
     except FileNotFoundError:
-        raise ArchiveError(f"{zip_path}: not found; expected a zip archive holding {member}") from None
+        raise HfSpamError(f"{zip_path}: not found; expected a zip archive holding {member}") from None
     except (zipfile.BadZipFile, OSError, EOFError) as err:
-        raise ArchiveError(f"{zip_path}: not a readable zip archive ({err}); expected one holding {member}") from None
+        raise HfSpamError(f"{where} not a readable zip archive ({err}); expected one holding {member}") from None
     with zf:
-        infos = [
-            i for i in zf.infolist()
-            if not i.is_dir() and PurePosixPath(i.filename.replace("\\", "/")).name == member
-        ]
-        unsafe = [i.filename for i in infos if _is_unsafe(i.filename)]
-        if unsafe:
-            raise ArchiveError(
-                f"{zip_path}: refusing unsafe member path {unsafe[0]!r} (absolute or '..'); expected a relative path"
-            )
-        if not infos:
-            names = ", ".join(repr(n) for n in zf.namelist()[:5]) or "nothing"
-            raise ArchiveError(f"{zip_path}: no member named {member!r}; the archive holds {names}")
-        if len(infos) > 1:
-            names = ", ".join(repr(i.filename) for i in infos)
-            raise ArchiveError(f"{zip_path}: {len(infos)} members named {member!r} ({names}); expected exactly one")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-        tmp = Path(tmp_name)
+        entries = [i for i in zf.infolist()
+                   if not i.is_dir() and PurePosixPath(i.filename.replace("\\", "/")).name == member]
+        for info in entries:
+            name = info.filename.replace("\\", "/")
+            if name.startswith("/") or name[1:2] == ":" or ".." in PurePosixPath(name).parts:
+                raise HfSpamError(f"{where} refusing unsafe member path {info.filename!r} (absolute or '..'); "
+                                  "expected a relative path")
+        if not entries:
+            found = ", ".join(repr(n) for n in zf.namelist()[:5]) or "nothing"
+            raise HfSpamError(f"{where} no member named {member!r}; the archive holds {found}")
+        if len(entries) > 1:
+            names = ", ".join(repr(i.filename) for i in entries)
+            raise HfSpamError(f"{where} {len(entries)} members named {member!r} ({names}); expected exactly one")
         try:
-            with os.fdopen(fd, "wb") as out, zf.open(infos[0]) as src:
-                shutil.copyfileobj(src, out, CHUNK_SIZE)
-            problem = _verify(tmp, sha256, None)
-            if problem is not None:
-                raise ArchiveError(f"{zip_path}: member {infos[0].filename!r} has {problem}")
-            os.replace(tmp, dest)
+            with atomic_path(dest) as tmp:
+                with open(tmp, "wb") as out, zf.open(entries[0]) as src:
+                    shutil.copyfileobj(src, out, CHUNK_SIZE)
+                if (problem := _mismatch(tmp, sha256, None)) is not None:
+                    raise HfSpamError(f"{where} member {entries[0].filename!r} has {problem}")
         except (zipfile.BadZipFile, EOFError, zlib.error, RuntimeError, NotImplementedError) as err:
             # bad CRC, truncated data, encryption, unsupported compression
-            raise ArchiveError(f"{zip_path}: cannot extract {infos[0].filename!r} ({err})") from None
-        finally:
-            tmp.unlink(missing_ok=True)
-    return dest
+            raise HfSpamError(f"{where} cannot extract {entries[0].filename!r} ({err})") from None
+    return Path(dest)

@@ -7,7 +7,7 @@ user without ``hf_spam`` installed can still load the model with ``trust_remote_
 
 Module and parameter names follow chapter 4/6 of *Build a Large Language Model (From Scratch)*
 (``tok_emb``, ``pos_emb``, ``trf_blocks[i].att.W_query``, ``norm1.scale`` ...), so a state dict
-saved by the chapter's notebook loads with ``strict=True``.
+saved by the chapter's notebook loads with ``strict=True`` (``hf_spam.weights.load_chapter_classifier``).
 """
 
 from __future__ import annotations
@@ -176,8 +176,8 @@ class MultiHeadAttention(nn.Module):
 
     The chapter registers a ``[context, context]`` causal-mask buffer (persistent, so it sits in
     the chapter's state dicts); we let PyTorch's fused ``scaled_dot_product_attention`` apply
-    causality instead, so no mask lands in our checkpoints. ``load_chapter_state_dict`` checks
-    and drops the chapter's mask buffers.
+    causality instead, so no mask lands in our checkpoints. ``hf_spam.weights.load_chapter_classifier``
+    checks and drops the chapter's mask buffers.
     """
 
     def __init__(self, cfg: GPTSpamConfig):
@@ -320,42 +320,32 @@ class GPTModel(nn.Module):
         return self.out_head(self.hidden_states(input_ids, attention_mask))
 
 
-def pool_hidden_states(
-    hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str
-) -> torch.Tensor:
-    """Pick (or average) the token states that the classifier reads: ``[b, t, d] -> [b, d]``."""
-    if pooling == "last":
-        return hidden[:, -1, :]
-    if pooling == "first":
-        return hidden[:, 0, :]
-    if attention_mask is None:
-        attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
-    if pooling == "last_non_pad":
-        # Padding sits on the right, so the last real token is at (number of real tokens - 1).
-        # Found from the mask, not by searching for id 50256: a message may contain it as text.
-        last = attention_mask.long().sum(dim=1).clamp(min=1) - 1
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    if pooling == "mean":
-        mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-    raise ValueError(f"pooling: unknown value {pooling!r}; expected one of {', '.join(POOLING_CHOICES)}")
-
-
 def pooling_index(attention_mask: torch.Tensor | None, batch: int, seq_len: int, pooling: str,
                   device: torch.device | None = None) -> torch.Tensor | None:
-    """The position ``[b]`` that ``pool_hidden_states`` reads for each row, or ``None`` for ``mean``
-    (which reads every real token)."""
-    if pooling == "last":
-        return torch.full((batch,), seq_len - 1, dtype=torch.long, device=device)
+    """The position ``[b]`` the classifier reads in each row, or ``None`` for ``mean`` (every real token).
+
+    ``last_non_pad`` counts real tokens in ``attention_mask`` (padding sits on the right); it never
+    searches for id 50256, which a message may contain as text.
+    """
     if pooling == "first":
         return torch.zeros(batch, dtype=torch.long, device=device)
+    if pooling == "last" or (pooling == "last_non_pad" and attention_mask is None):
+        return torch.full((batch,), seq_len - 1, dtype=torch.long, device=device)
     if pooling == "last_non_pad":
-        if attention_mask is None:
-            return torch.full((batch,), seq_len - 1, dtype=torch.long, device=device)
         return attention_mask.long().sum(dim=1).clamp(min=1) - 1
     if pooling == "mean":
         return None
     raise ValueError(f"pooling: unknown value {pooling!r}; expected one of {', '.join(POOLING_CHOICES)}")
+
+
+def pool_hidden_states(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """The token state(s) the classifier reads: ``[b, t, d] -> [b, d]``."""
+    b, t, _ = hidden.shape
+    index = pooling_index(attention_mask, b, t, pooling, hidden.device)
+    if index is not None:
+        return hidden[torch.arange(b, device=hidden.device), index]
+    mask = (attention_mask if attention_mask is not None else hidden.new_ones(b, t)).to(hidden.dtype).unsqueeze(-1)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
 class GPTSpamPreTrainedModel(PreTrainedModel):
@@ -480,23 +470,6 @@ class GPTSpamForSequenceClassification(GPTSpamPreTrainedModel):
         logits = self.classify(hidden, attention_mask)
         return SequenceClassifierOutput(loss=self.compute_loss(logits, labels), logits=logits)
 
-    def load_chapter_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Load a state dict saved by the chapter's notebook (``review_classifier.pth``), strictly.
-
-        The chapter registers each block's causal mask as a persistent buffer (``att.mask``), so its
-        files carry them; we check they are the causal mask our attention applies, then drop them.
-        """
-        weights = {}
-        for key, value in state_dict.items():
-            if key.endswith(".att.mask"):
-                n = value.shape[-1]
-                expected = torch.triu(torch.ones(n, n, dtype=value.dtype, device=value.device), diagonal=1)
-                if value.dim() != 2 or not torch.equal(value.bool(), expected.bool()):
-                    raise ValueError(f"{key}: expected the chapter's causal mask (upper triangle of ones)")
-                continue
-            weights[key] = value
-        self.gpt.load_state_dict(weights, strict=True)
-
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
@@ -505,11 +478,6 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-__all__ = [
-    "MODEL_PRESETS",
-    "GPTSpamConfig",
-    "GPTModel",
-    "GPTSpamPreTrainedModel",
-    "GPTSpamForSequenceClassification",
-    "count_parameters",
-]
+# Saved folders carry this file and an ``auto_map``, so they load with ``trust_remote_code=True`` anywhere.
+GPTSpamConfig.register_for_auto_class()
+GPTSpamForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")

@@ -1,9 +1,11 @@
-"""Write the chapter's train/validation/test CSV files of the SMS Spam Collection.
+"""Write the chapter's train/validation/test CSV files of the SMS Spam Collection (``hf-spam prepare-data``).
 
-Usage: python scripts/prepare_data.py [--data_file FILE] [--cache_dir DIR] [--output_dir DIR] [--natural_balance]
+    python scripts/prepare_data.py [--data_file FILE] [--cache_dir DIR] [--output_dir data] [--natural_balance]
 """
 
-from hf_spam.data import main
+import sys
+
+from hf_spam.cli import main
 
 if __name__ == "__main__":
-    main()
+    main(["prepare-data", *sys.argv[1:]])

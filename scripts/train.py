@@ -1,14 +1,155 @@
-"""Fine-tune GPT-2 as an SMS spam classifier (the chapter's job) with transformers' Trainer.
+"""Fine-tune GPT-2 as an SMS spam classifier: chapter 6 of *Build a Large Language Model (From Scratch)*
+with transformers' Trainer. The recipe reads top to bottom in ``main``; each step is one call into hf_spam.
 
     python scripts/train.py --config configs/tiny.yaml --output_dir runs/tiny [--flag value ...]
     accelerate launch scripts/train.py --config configs/seed.yaml --output_dir runs/seed
+    torchrun --nproc_per_node 2 scripts/train.py --config configs/tiny.yaml --output_dir runs/ddp
 
-Every field of ModelArguments, DataArguments (hf_spam/training.py) and transformers'
-TrainingArguments is a flag; --config FILE.yaml gives defaults that later flags override.
-The steps (data, model, Trainer, train, evaluate, save, plots, push) live in hf_spam.training.run.
+Every field of ModelArguments, DataArguments and SpamTrainingArguments (hf_spam/arguments.py; the last is
+transformers' TrainingArguments plus ours) is a flag; --config FILE.yaml gives defaults that flags override.
+Bad input ends with one ``error: ...`` line and exit status 2 (3 when something cannot be downloaded).
 """
 
-from hf_spam.training import main
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from transformers import DataCollatorWithPadding, set_seed
+
+from hf_spam.arguments import parse_args
+from hf_spam.data import load_sms_spam, write_splits_csv
+from hf_spam.errors import HfSpamError, run_main
+from hf_spam.feature_cache import prepare_cached_training
+from hf_spam.files import cache_dir, write_json
+from hf_spam.hub import push_folder_to_hub, save_model_folder
+from hf_spam.lora import apply_lora, save_adapter_and_merge
+from hf_spam.modeling_gpt import MODEL_PRESETS, count_parameters
+from hf_spam.plots import plot_history
+from hf_spam.tokenization import build_hf_tokenizer, tokenize_splits
+from hf_spam.training import (
+    EpochAccuracyCallback,
+    HistoryLogCallback,
+    SpamTrainer,
+    configure_cpu_threads,
+    configure_processes,
+    describe_device,
+    evaluate_splits,
+    format_accuracy_table,
+    fsdp_enabled,
+    logger,
+    resume_target,
+    run_summary,
+    set_trainable_layers,
+    setup_logging,
+    trainer_compute_metrics,
+)
+from hf_spam.weights import HUB_IDS, build_model
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    started = time.time()
+
+    # 1. Arguments (--config YAML as defaults, flags win), processes, CPU threads, logging, seed.
+    configure_processes()
+    model_args, data_args, args = parse_args(argv)
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(out_dir, is_main=args.process_index == 0)
+    threads = configure_cpu_threads(args.cpu_threads)
+    logger.info("%d process(es), %s, %d PyTorch threads each", args.world_size, describe_device(args.device), threads)
+    push, args.push_to_hub = args.push_to_hub, False  # the Trainer would create the repo now; step 11 pushes
+    if push and not args.hub_model_id:
+        raise HfSpamError("--push_to_hub: also pass --hub_model_id NAME")
+    if (fsdp := fsdp_enabled(args)) and model_args.trainable_layers == "lora":
+        raise HfSpamError("--trainable_layers lora: not supported with FSDP; use configs/accelerate/multi_gpu.yaml")
+    set_seed(args.seed)
+
+    # 2. Data: the SMS Spam Collection, balanced and split 70/10/20 like the chapter (1,045 / 149 / 300 rows).
+    raw = load_sms_spam(data_args.data_file, cache=data_args.data_cache_dir, balanced=not data_args.natural_balance)
+    if data_args.write_csv and args.process_index == 0:
+        write_splits_csv(raw, out_dir)
+
+    # 3. Tokenize with tiktoken's GPT-2 encoding, padded to the longest training text (or per batch).
+    context = MODEL_PRESETS[model_args.model_size].get("context_length", 1024)
+    tokenized, padded_length = tokenize_splits(raw, padding=data_args.padding, context_length=context,
+                                               bpe_dir=model_args.bpe_dir, max_length=data_args.max_length)
+    tokenized = tokenized.rename_column("label", "labels").remove_columns(["text"])
+    tokenizer = build_hf_tokenizer(model_args.bpe_dir)  # the same ids: pads batches, ships with the model
+    logger.info("Data: %s; padding %s (length %s)", {k: len(v) for k, v in tokenized.items()}, data_args.padding,
+                padded_length)
+
+    # 4. Model: GPT-2's weights in the chapter's GPTModel, a new 2-way head created after seed 123.
+    model = build_model(model_args, padded_length)
+
+    # 5. What trains: the chapter's freezing choices, or LoRA adapters through peft.
+    lora = model_args.trainable_layers == "lora"
+    set_trainable_layers(model, model_args.trainable_layers)
+    train_model = apply_lora(model, model_args.lora_rank, model_args.lora_alpha, model_args.lora_dropout) if lora \
+        else model
+    trainable, total = count_parameters(train_model)
+    scale = model_args.lora_alpha / model_args.lora_rank
+    logger.info("Trainable parameters: %s of %s (%.2f%%)%s", f"{trainable:,}", f"{total:,}", 100 * trainable / total,
+                f"; LoRA r={model_args.lora_rank}, update scale alpha/r={scale:g}" if lora else "")
+
+    # 6. Frozen-trunk feature cache: the frozen blocks run once per example, the Trainer trains the top.
+    data, collator = tokenized, DataCollatorWithPadding(tokenizer)
+    if fsdp and args.cache_features:
+        logger.info("Frozen-trunk feature cache not used: FSDP shards the trunk it would run on one device")
+    cached = None if lora or fsdp or not args.cache_features else prepare_cached_training(
+        model, tokenized, trainable_layers=model_args.trainable_layers, padding=data_args.padding,
+        training_args=args, cache_dir=cache_dir(data_args.data_cache_dir) / "features")
+    if cached is not None:
+        train_model, data, collator = cached.model, cached.datasets, cached.collator
+
+    # 7. Trainer, plus the chapter's per-epoch accuracy (a few training batches and the validation set).
+    trainer = SpamTrainer(model=train_model, args=args, train_dataset=data["train"], eval_dataset=data["validation"],
+                          data_collator=collator, compute_metrics=trainer_compute_metrics,
+                          callbacks=[HistoryLogCallback()])
+    n_plot = min(len(data["train"]), args.plot_train_batches * args.per_device_train_batch_size)
+    trainer.add_callback(EpochAccuracyCallback(trainer, data["train"].select(range(n_plot)), data["validation"]))
+
+    # 8. Train, or resume a killed run (--resume_from_checkpoint true | CHECKPOINT_FOLDER).
+    result = trainer.train(resume_from_checkpoint=resume_target(args.resume_from_checkpoint))
+
+    # 9. Accuracy, precision, recall, F1 and loss on every example of each split.
+    metrics = evaluate_splits(trainer, {split: data[split] for split in ("train", "validation", "test")})
+    metrics.update(training_loss=result.training_loss, train_runtime_seconds=time.time() - started,
+                   trainable_parameters=trainable, total_parameters=total, device=str(args.device),
+                   device_name=describe_device(args.device), cpu_threads=threads, num_processes=args.world_size)
+    if torch.cuda.is_available():
+        metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+
+    # 10. Save (main process): the model folder with its card and metrics, the log history, the plots.
+    state_dict = trainer.accelerator.get_state_dict(trainer.model) if fsdp else None  # every rank gathers
+    if trainer.is_world_process_zero():
+        print(format_accuracy_table(metrics))
+        write_json(out_dir / "log_history.json", trainer.state.log_history)
+        final = save_adapter_and_merge(train_model, out_dir / "adapter") if lora else model
+        pretrained = model_args.weights == "pretrained"
+        save_model_folder(final, out_dir, metrics=metrics, settings=run_summary(model_args, data_args, args),
+                          tokenizer=tokenizer, state_dict=state_dict, info={
+                              "base_model": (model_args.model_name_or_path or HUB_IDS[model_args.model_size])
+                              if pretrained else None,
+                              "weights": model_args.weights, "model_size": model_args.model_size,
+                              "repo_id": args.hub_model_id, "splits": {k: len(v) for k, v in raw.items()},
+                              "recipe": "natural balance, stratified 70/10/20" if data_args.natural_balance
+                              else "balanced (747 ham + 747 spam, seed 123), shuffled, split 70/10/20"})
+        examples_per_step = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
+        plot_history(trainer.state.log_history, examples_per_step,
+                     math.floor(len(data["train"]) / examples_per_step) or 1, out_dir)
+        logger.info("Saved model, metrics and plots to %s (%.1f s)", out_dir, time.time() - started)
+
+        # 11. Push the finished folder to the Hub (--push_to_hub --hub_model_id NAME).
+        if push:
+            url = push_folder_to_hub(out_dir, args.hub_model_id, private=bool(args.hub_private_repo),
+                                     token=args.hub_token)
+            logger.info("Pushed to %s", url)
+    trainer.accelerator.wait_for_everyone()
+    return metrics
+
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

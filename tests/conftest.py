@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))  # the recipe and runner scripts, importable by tests as modules
+sys.path.insert(0, str(ROOT / "benchmarks"))  # chapter_baseline: the book's own model code, the reference
 SHARED = Path(os.environ.get("HF_SPAM_SHARED", ROOT.parent / "shared"))
 SMS_FILE = SHARED / "data" / "sms_spam_collection" / "SMSSpamCollection"
 BPE_DIR = SHARED / "data" / "gpt2-bpe"

@@ -1,23 +1,28 @@
-"""Every shipped config parses through scripts/train.py's parser, and each experiment row is what it says."""
+"""Every shipped config parses through scripts/train.py's parser, each experiment row is what it says,
+and the accelerate launcher configs load with accelerate's own reader."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from accelerate.commands.config.config_args import load_config_from_file
 from conftest import ROOT
+from run_experiments import discover, row_settings
 
-from hf_spam.experiments import discover_experiments, row_argv, row_settings
+from hf_spam.arguments import parse_args
+from hf_spam.errors import HfSpamError
 from hf_spam.lora import peft_alpha_for_chapter
-from hf_spam.training import ConfigError, parse_args
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 EXPERIMENTS = sorted((ROOT / "configs" / "experiments").glob("*.yaml"))
+LAUNCHERS = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
 
 
 def test_the_config_folders_are_not_empty():
     assert any(p.name == "seed.yaml" for p in CONFIGS)
     assert len(EXPERIMENTS) >= 12
+    assert {p.stem for p in LAUNCHERS} == {"one_process", "cpu_processes", "multi_gpu", "fsdp"}
 
 
 @pytest.mark.parametrize("path", CONFIGS + EXPERIMENTS, ids=lambda p: str(p.relative_to(ROOT)))
@@ -25,6 +30,18 @@ def test_config_parses(path: Path, tmp_path):
     model_args, data_args, training_args = parse_args(["--config", str(path), "--output_dir", str(tmp_path)])
     assert training_args.output_dir == str(tmp_path)
     assert model_args.model_size and data_args.padding
+
+
+@pytest.mark.parametrize("path", LAUNCHERS, ids=lambda p: p.name)
+def test_accelerate_config_loads(path: Path):
+    config = load_config_from_file(str(path))
+    assert config.num_machines == 1 and config.mixed_precision in ("no", "bf16")
+    if path.stem == "fsdp":
+        assert config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "TransformerBlock"
+        assert config.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    expected = {"one_process": "NO", "cpu_processes": "MULTI_GPU", "multi_gpu": "MULTI_GPU", "fsdp": "FSDP"}
+    assert config.distributed_type.value == expected[path.stem]
+    assert not config.use_cpu  # `--cpu`/use_cpu makes accelerate start a single process
 
 
 # What each row changes relative to the recipe (configs/seed.yaml); the rest must equal the recipe.
@@ -50,16 +67,16 @@ ROW_CHANGES = {
 
 
 def test_each_experiment_row_changes_only_what_it_says(tmp_path):
-    rows = discover_experiments(ROOT / "configs" / "experiments")
-    assert [r.name for r in rows] == list(ROW_CHANGES)  # file numbers give the chapter's order
-    assert [r.number for r in rows] == list(range(1, len(rows) + 1))
+    rows = discover(ROOT / "configs" / "experiments", None)
+    assert [name for _, name, _ in rows] == list(ROW_CHANGES)  # file numbers give the chapter's order
+    assert [number for number, _, _ in rows] == list(range(1, len(rows) + 1))
     recipe = row_settings(["--config", str(ROOT / "configs" / "seed.yaml"), "--output_dir", str(tmp_path)])
     assert recipe["model_size"] == "gpt2-small" and recipe["weights"] == "pretrained"
-    for row in rows:
-        settings = row_settings(row_argv(row.path, tmp_path))
+    for _, name, path in rows:
+        settings = row_settings(["--config", str(path), "--output_dir", str(tmp_path)])
         changed = {k: v for k, v in settings.items() if v != recipe[k]}
-        assert changed == ROW_CHANGES[row.name], row.name
-        if row.name == "lora":
+        assert changed == ROW_CHANGES[name], name
+        if name == "lora":
             assert settings["lora_rank"] == 16 and settings["lora_alpha"] == 256  # the chapter's r=16, alpha=16
 
 
@@ -69,8 +86,8 @@ def test_include_is_relative_and_the_including_file_wins(tmp_path):
     (tmp_path / "row.yaml").write_text("include: base/recipe.yaml\npooling: mean\n")
     model_args, _, training_args = parse_args(["--config", str(tmp_path / "row.yaml"), "--output_dir", "x"])
     assert model_args.pooling == "mean" and training_args.learning_rate == 1e-3
-    # and the command line wins over both
-    model_args, _, _ = parse_args(["--config", str(tmp_path / "row.yaml"), "--pooling", "last", "--output_dir", "x"])
+    # and the command line wins over both, wherever --config stands
+    model_args, _, _ = parse_args(["--pooling", "last", "--config", str(tmp_path / "row.yaml"), "--output_dir", "x"])
     assert model_args.pooling == "last"
 
 
@@ -82,10 +99,12 @@ def test_include_is_relative_and_the_including_file_wins(tmp_path):
         ({"row.yaml": "include: b.yaml\n", "b.yaml": "include: row.yaml\n"}, "includes itself"),
         ({"row.yaml": "include: [a.yaml]\n"}, r"row\.yaml: include: expected the path"),
         ({"row.yaml": "include: b.yaml\n", "b.yaml": "not_a_flag: 1\n"}, r"b\.yaml: unknown key 'not_a_flag'"),
+        ({"row.yaml": "- a list\n"}, r"row\.yaml: expected a mapping"),
+        ({"row.yaml": "pooling: [unclosed\n"}, r"row\.yaml: not a readable YAML file"),
     ],
 )
 def test_bad_includes_are_one_clear_error(tmp_path, files, message):
     for name, text in files.items():
         (tmp_path / name).write_text(text)
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(HfSpamError, match=message):
         parse_args(["--config", str(tmp_path / "row.yaml"), "--output_dir", "x"])

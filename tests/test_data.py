@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import importlib.util
 import io
 import subprocess
 import sys
@@ -16,17 +15,10 @@ import datasets
 import pandas as pd
 import pytest
 
-from hf_spam.data import (
-    LABEL_NAMES,
-    SMS_SHA256,
-    DataFileError,
-    default_cache_dir,
-    download_sms_spam,
-    load_sms_spam,
-    read_sms_file,
-    write_splits_csv,
-)
-from hf_spam.download import DownloadError
+from hf_spam.cli import main as cli_main
+from hf_spam.data import LABEL_NAMES, SMS_SHA256, download_sms_spam, load_sms_spam, read_sms_file, write_splits_csv
+from hf_spam.errors import HfSpamError, UnavailableError
+from hf_spam.files import cache_dir
 from hf_spam.tokenization import encode_texts, get_encoding
 
 FIRST_TRAIN = [
@@ -159,7 +151,7 @@ def test_bad_files_name_file_and_line(tmp_path, case):
     content, fragment = BAD_FILES[case]
     path = tmp_path / f"{case}.tsv"
     path.write_bytes(content)
-    with pytest.raises(DataFileError) as info:
+    with pytest.raises(HfSpamError) as info:
         read_sms_file(path)
     msg = str(info.value)
     assert msg.startswith(f"{path}{fragment}"), msg
@@ -167,12 +159,12 @@ def test_bad_files_name_file_and_line(tmp_path, case):
 
 
 def test_missing_file_and_directory(tmp_path):
-    with pytest.raises(DataFileError, match="file not found") as info:
+    with pytest.raises(HfSpamError, match="file not found") as info:
         read_sms_file(tmp_path / "nope.tsv")
     assert str(tmp_path / "nope.tsv") in str(info.value)
-    with pytest.raises(DataFileError, match="is a directory"):
+    with pytest.raises(HfSpamError, match="is a directory"):
         read_sms_file(tmp_path)
-    with pytest.raises(DataFileError, match="file not found"):
+    with pytest.raises(HfSpamError, match="file not found"):
         load_sms_spam(tmp_path / "nope.tsv")
 
 
@@ -201,14 +193,14 @@ def test_endoftext_and_long_messages_are_kept(tmp_path, bpe_dir):
 def test_one_class_only_is_refused(tmp_path):
     path = tmp_path / "ham_only.tsv"
     path.write_text("ham\ta\nham\tb\n", encoding="utf-8")
-    with pytest.raises(DataFileError, match="no 'spam' rows"):
+    with pytest.raises(HfSpamError, match="no 'spam' rows"):
         load_sms_spam(path)
 
 
 def test_tiny_file_is_refused(tmp_path):
     path = tmp_path / "tiny.tsv"
     path.write_text("ham\ta\nspam\tb\n", encoding="utf-8")
-    with pytest.raises(DataFileError, match="too few rows"):
+    with pytest.raises(HfSpamError, match="too few rows"):
         load_sms_spam(path)
 
 
@@ -229,15 +221,8 @@ def test_write_splits_csv_round_trip(balanced, tmp_path):
     assert len(list(out.iterdir())) == 3
 
 
-def _load_script(root: Path):
-    spec = importlib.util.spec_from_file_location("prepare_data", root / "scripts" / "prepare_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_prepare_data_script(root, sms_file, tmp_path, capsys):
-    _load_script(root).main(["--data_file", str(sms_file), "--output_dir", str(tmp_path)])
+def test_prepare_data_command(sms_file, tmp_path, capsys):
+    cli_main(["prepare-data", "--data_file", str(sms_file), "--output_dir", str(tmp_path)])
     out = capsys.readouterr().out
     assert "train: 1045 rows" in out and "validation: 149 rows" in out and "test: 300 rows" in out
     assert len(pd.read_csv(tmp_path / "train.csv")) == 1045
@@ -312,7 +297,7 @@ def test_download_primary_404_then_backup_then_cached(zip_server, sms_file, tmp_
     assert zip_server.requests == ["/primary.zip", "/backup.zip"]
     assert [p.name for p in path.parent.iterdir()] == ["SMSSpamCollection"]  # the zip is deleted
     assert download_sms_spam(tmp_path, timeout=5, urls=urls, progress=False) == path
-    assert len(load_sms_spam(cache_dir=tmp_path)["train"]) == 1045  # from the cache, no network
+    assert len(load_sms_spam(cache=tmp_path)["train"]) == 1045  # from the cache, no network
     assert zip_server.requests == ["/primary.zip", "/backup.zip"]
 
 
@@ -322,7 +307,7 @@ def test_download_corrupted_zip_caches_nothing(zip_server, sms_file, tmp_path, b
     content = _zip_bytes(data.replace(b"ham", b"spam", 1)) if body == "altered_member" else b"<html>oops</html>"
     zip_server.routes["/sms.zip"] = (200, content)
     url = f"{zip_server.base}/sms.zip"
-    with pytest.raises(DownloadError) as info:
+    with pytest.raises(UnavailableError) as info:
         download_sms_spam(tmp_path, timeout=5, urls=[url], progress=False)
     msg = str(info.value)
     assert url in msg and "bad archive" in msg and "\n" not in msg
@@ -334,6 +319,6 @@ def test_download_corrupted_zip_caches_nothing(zip_server, sms_file, tmp_path, b
 
 def test_default_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_SPAM_CACHE", str(tmp_path))
-    assert default_cache_dir() == tmp_path
+    assert cache_dir() == tmp_path and cache_dir(tmp_path / "x") == tmp_path / "x"
     monkeypatch.delenv("HF_SPAM_CACHE")
-    assert default_cache_dir() == Path.home() / ".cache" / "hf_spam"
+    assert cache_dir() == Path.home() / ".cache" / "hf_spam"

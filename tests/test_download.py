@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hf_spam.download import ArchiveError, DownloadError, download_file, extract_zip_member
+from hf_spam.download import download_file, extract_zip_member
+from hf_spam.errors import HfSpamError, UnavailableError
 
 GOOD = bytes(range(256)) * 300  # 76,800 bytes: several read chunks
 GOOD_SHA = hashlib.sha256(GOOD).hexdigest()
@@ -148,7 +149,7 @@ def test_existing_bad_file_is_replaced(server, tmp_path):
 def test_each_failure_leaves_nothing(server, tmp_path, route, kwargs, reason):
     dest = tmp_path / "file.bin"
     start = time.monotonic()
-    with pytest.raises(DownloadError) as info:
+    with pytest.raises(UnavailableError) as info:
         download_file([server.url(route)], dest, timeout=TIMEOUT, progress=False, **kwargs)
     assert time.monotonic() - start < TIMEOUT + 3  # a stall fails after about `timeout`
     msg = str(info.value)
@@ -159,7 +160,7 @@ def test_each_failure_leaves_nothing(server, tmp_path, route, kwargs, reason):
 
 def test_connection_refused(tmp_path):
     url = _closed_port_url()
-    with pytest.raises(DownloadError, match="connection failed"):
+    with pytest.raises(UnavailableError, match="connection failed"):
         download_file([url], tmp_path / "f", timeout=TIMEOUT, progress=False)
     assert _leftovers(tmp_path) == []
 
@@ -176,7 +177,7 @@ def test_primary_fails_backup_succeeds(server, tmp_path):
 def test_all_fail_then_next_call_retries(server, tmp_path):
     dest = tmp_path / "file.bin"
     routes = ["missing", "error", "wrong", "truncated", "stall"]
-    with pytest.raises(DownloadError) as info:
+    with pytest.raises(UnavailableError) as info:
         download_file([server.url(r) for r in routes], dest, sha256=GOOD_SHA, timeout=TIMEOUT, progress=False)
     msg = str(info.value)
     for r in routes:
@@ -188,7 +189,7 @@ def test_all_fail_then_next_call_retries(server, tmp_path):
 
 def test_error_message_hides_url_secrets(server, tmp_path):
     url = server.url("missing").replace("http://", "http://user:hunter2@") + "?token=s3cret"
-    with pytest.raises(DownloadError) as info:
+    with pytest.raises(UnavailableError) as info:
         download_file([url], tmp_path / "f", progress=False)
     msg = str(info.value)
     assert "hunter2" not in msg and "s3cret" not in msg and "HTTP 404" in msg
@@ -216,7 +217,7 @@ def test_unsafe_member_is_refused(tmp_path, name):
     z = _zip(tmp_path / "bad.zip", {"ok/evil": b"fine", name: b"owned"})
     work = tmp_path / "work"
     work.mkdir()
-    with pytest.raises(ArchiveError, match="unsafe"):
+    with pytest.raises(HfSpamError, match="unsafe"):
         extract_zip_member(z, "evil", work / "evil")
     assert _leftovers(work) == [] and not (tmp_path / "evil").exists()
 
@@ -249,7 +250,7 @@ def test_bad_archives(tmp_path, setup, reason):
         z.write_bytes(bytes(raw))
     work = tmp_path / "work"
     work.mkdir()
-    with pytest.raises(ArchiveError, match=reason) as info:
+    with pytest.raises(HfSpamError, match=reason) as info:
         extract_zip_member(z, "data.txt", work / "data.txt", sha256=GOOD_SHA)
     assert str(z) in str(info.value) and "\n" not in str(info.value)
     assert _leftovers(work) == []

@@ -1,4 +1,5 @@
-"""The experiments runner and the LoRA comparison, run as the user runs them (scripts, real data)."""
+"""The experiments runner and the LoRA comparison, run as the user runs them (scripts, real data): each row is
+a real scripts/train.py process whose metrics.json the scripts collect."""
 
 from __future__ import annotations
 
@@ -11,19 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from compare_lora import main as compare_lora_main
 from conftest import ROOT
+from run_experiments import LOG_FILE, SKIPPED_QUICK_SIZE, TABLE_COLUMNS, context_label, discover
+from run_experiments import main as run_experiments_main
 
-from hf_spam.experiments import (
-    LOG_FILE,
-    SKIPPED_QUICK_SIZE,
-    SKIPPED_WEIGHTS,
-    TABLE_COLUMNS,
-    ExperimentError,
-    compare_lora_main,
-    context_label,
-    discover_experiments,
-    run_experiments_main,
-)
+from hf_spam.errors import HfSpamError
 
 # Few steps and no periodic evaluation: the tests check the plumbing, not the learning.
 FAST = ["--max_steps", "3", "--eval_strategy", "no"]
@@ -65,6 +59,7 @@ def test_quick_rows_make_the_table(tmp_path, sms_file):
     assert by_name["lora"]["Trainable layers"] == "LoRA (r=16, peft alpha=256)"
     assert by_name["gpt2_medium"]["Notes"] == SKIPPED_QUICK_SIZE and by_name["gpt2_medium"]["Test acc"] == "—"
     assert by_name["gpt2_medium"]["Model"] == "gpt2-medium (355M)"  # what the row is, not what --quick would run
+    assert by_name["last_block"]["CPU/GPU"] == by_name["lora"]["CPU/GPU"]  # the device the row's run reported
 
     md = (out / "results.md").read_text()
     assert "| " + " | ".join(TABLE_COLUMNS) + " |" in md and "Quick mode" in md
@@ -73,7 +68,7 @@ def test_quick_rows_make_the_table(tmp_path, sms_file):
     assert [r["status"] for r in data["rows"]] == ["ok", "ok", "skipped", "ok"]
     lora = data["rows"][3]
     assert lora["metrics"]["trainable_parameters"] < data["rows"][0]["metrics"]["trainable_parameters"]
-    assert lora["peak_rss_bytes"] > 100 * 2**20 and lora["wall_seconds"] > lora["training_seconds"] > 0
+    assert lora["peak_rss_mb"] > 100 and lora["wall_seconds"] > lora["training_seconds"] > 0
     # each row kept its run (metrics, log, adapter config) but not its weights (no --keep_models)
     assert (out / "lora" / "adapter" / "adapter_config.json").is_file()
     assert (out / "lora" / "metrics.json").is_file() and (out / "lora" / LOG_FILE).is_file()
@@ -91,13 +86,14 @@ def test_pretrained_rows_are_skipped_when_the_weights_cannot_be_had(tmp_path, sm
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     _, rows = read_csv(out / "results.csv")
-    assert [r["Notes"] for r in rows] == [SKIPPED_WEIGHTS, SKIPPED_WEIGHTS]
+    for row in rows:  # the row's own one-line reason, with the way out
+        assert row["Notes"].startswith("skipped: openai-community/gpt2: ") and "--weights random" in row["Notes"]
+    assert rows[0]["Notes"] == rows[1]["Notes"]
     assert all(r["Test acc"] == "—" and r["Model"] == "gpt2-small (124M)" for r in rows)
     # the first row found the checkpoint missing; the second (same checkpoint) was not started at all
     assert (out / "last_block" / LOG_FILE).is_file() and not (out / "first_token" / LOG_FILE).exists()
-    detail = json.loads((out / "results.json").read_text())["rows"][0]["detail"]
-    assert "openai-community/gpt2" in detail
-    assert "skipped: pretrained weights unavailable" in result.stdout
+    assert [r["status"] for r in json.loads((out / "results.json").read_text())["rows"]] == ["skipped", "skipped"]
+    assert "last_block: openai-community/gpt2: " in result.stdout
 
 
 def test_compare_lora(tmp_path, sms_file):
@@ -125,20 +121,9 @@ def test_compare_lora(tmp_path, sms_file):
     assert f"{lora['metrics']['trainable_parameters']:,}" in result.stdout
 
 
-def main_errors(main, args: list[str], capsys) -> list[str]:
-    """Run a script's main in-process (it must stop before any training) and return its stderr lines."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    assert exit_info.value.code == 2
-    return capsys.readouterr().err.strip().splitlines()
-
-
-def test_compare_lora_refuses_trainable_layers(tmp_path, capsys):
-    def main(argv):
-        compare_lora_main(argv, default_config=ROOT / "configs" / "seed.yaml")
-
-    lines = main_errors(main, ["--trainable_layers", "all", "--output_dir", str(tmp_path / "out")], capsys)
-    assert lines == ["error: --trainable_layers: compare_lora trains last_block and lora itself; drop the flag"]
+def test_compare_lora_refuses_trainable_layers(tmp_path):
+    with pytest.raises(HfSpamError, match="--trainable_layers: compare_lora trains last_block and lora itself"):
+        compare_lora_main(["--trainable_layers", "all", "--output_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
 
 
@@ -151,39 +136,42 @@ def test_compare_lora_refuses_trainable_layers(tmp_path, capsys):
         (["configs/experiments", "--config", "configs/tiny.yaml"], "--config: set by the runner"),
     ],
 )
-def test_runner_errors_are_one_line_and_nothing_runs(tmp_path, capsys, monkeypatch, args, message):
+def test_runner_errors_come_before_anything_runs(tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(ROOT)
-    lines = main_errors(run_experiments_main, [*args, "--output_dir", str(tmp_path / "out")], capsys)
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    with pytest.raises(HfSpamError) as info:
+        run_experiments_main([*args, "--output_dir", str(tmp_path / "out")])
+    assert message in str(info.value) and "\n" not in str(info.value)
     assert not (tmp_path / "out").exists()
 
 
-def test_a_bad_row_file_fails_before_any_row_runs(tmp_path, capsys):
+def test_a_bad_row_file_fails_before_any_row_runs(tmp_path):
     folder = tmp_path / "rows"
     folder.mkdir()
     (folder / "01_fine.yaml").write_text("include: " + str(ROOT / "configs" / "tiny.yaml") + "\n")
     (folder / "02_bad.yaml").write_text("include: " + str(ROOT / "configs" / "tiny.yaml") + "\nbatch: 3\n")
-    lines = main_errors(run_experiments_main, [str(folder), "--output_dir", str(tmp_path / "out")], capsys)
-    assert len(lines) == 1 and "02_bad.yaml: unknown key 'batch'" in lines[0]
+    with pytest.raises(HfSpamError, match="02_bad.yaml: unknown key 'batch'"):
+        run_experiments_main([str(folder), "--output_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
 
 
 def test_scripts_exit_cleanly_on_bad_input(tmp_path):
-    # the real scripts too: one line on stderr, status 2, no traceback
+    # the real scripts: one line on stderr, status 2, no traceback
     result = run_script("run_experiments.py", ["no/such/folder", "--output_dir", str(tmp_path / "out")])
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         "error: no/such/folder: not a folder of experiment configs (*.yaml)"
     ]
+    result = run_script("compare_lora.py", ["--output_dir", str(tmp_path / "out"), "--trainable_layers", "all"])
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_discover_orders_by_number_and_refuses_duplicates(tmp_path):
     for name in ("10_b.yaml", "2_a.yaml", "c.yaml"):
         (tmp_path / name).write_text("")
-    assert [(e.number, e.name) for e in discover_experiments(tmp_path)] == [(2, "a"), (10, "b"), (None, "c")]
-    assert [e.name for e in discover_experiments(tmp_path, only=["c", "10_b"])] == ["b", "c"]
+    assert [(n, name) for n, name, _ in discover(tmp_path, None)] == [(2, "a"), (10, "b"), (None, "c")]
+    assert [name for _, name, _ in discover(tmp_path, ["c", "10_b"])] == ["b", "c"]
     (tmp_path / "3_c.yaml").write_text("")
-    with pytest.raises(ExperimentError, match="several files give the experiment name"):
-        discover_experiments(tmp_path)
+    with pytest.raises(HfSpamError, match="several files give the experiment name"):
+        discover(tmp_path, None)
 
 
 def test_context_length_column():

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from chapter_reference import chapter_classifier
+from chapter_baseline import chapter_classifier
 
+from hf_spam.arguments import ModelArguments
+from hf_spam.errors import HfSpamError
 from hf_spam.modeling_gpt import (
     MODEL_PRESETS,
     GPTSpamConfig,
@@ -14,7 +16,8 @@ from hf_spam.modeling_gpt import (
     resolve_model_size,
 )
 from hf_spam.tokenization import PAD_TOKEN_ID, encode_texts, get_encoding, pad_and_truncate
-from hf_spam.training import build_model, set_trainable_layers
+from hf_spam.training import set_trainable_layers
+from hf_spam.weights import build_model, load_chapter_classifier
 
 
 def tiny(**kw) -> GPTSpamForSequenceClassification:
@@ -115,28 +118,30 @@ def test_trainable_parameter_counts(choice):
 
 
 def test_chapter_state_dict_loads_strictly_and_predicts_identically(tmp_path):
+    """The book's own model code (benchmarks/chapter_baseline.py) saves the file; ours loads it and agrees."""
     cfg = {"vocab_size": 50257, "context_length": 64, "emb_dim": 64, "n_heads": 4, "n_layers": 2, "drop_rate": 0.0,
            "qkv_bias": True}
     torch.manual_seed(1)
-    chapter = chapter_classifier(cfg)
+    chapter = chapter_classifier(cfg, seed=1).eval()
     path = tmp_path / "review_classifier.pth"
-    torch.save(chapter.state_dict(), path)
+    torch.save(chapter.state_dict(), path)  # with the chapter's persistent att.mask buffers
 
-    ours = GPTSpamForSequenceClassification(GPTSpamConfig(**cfg)).eval()
-    ours.load_chapter_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    ours = load_chapter_classifier(path, GPTSpamConfig(**cfg))
     ids = torch.randint(0, 50257, (4, 30))
     with torch.no_grad():
         torch.testing.assert_close(ours(input_ids=ids).logits, chapter(ids)[:, -1, :], atol=1e-5, rtol=1e-4)
-        # a chapter-style file with a wrong mask is refused
-        bad = torch.load(path, map_location="cpu", weights_only=True)
-        bad["trf_blocks.0.att.mask"] = torch.zeros(64, 64)
-        with pytest.raises(ValueError, match="att.mask"):
-            ours.load_chapter_state_dict(bad)
-        # ... and so is a missing tensor (strict=True)
-        missing = torch.load(path, map_location="cpu", weights_only=True)
-        del missing["trf_blocks.1.ff.layers.0.weight"]
-        with pytest.raises(RuntimeError, match=r"trf_blocks\.1\.ff\.layers\.0\.weight"):
-            ours.load_chapter_state_dict(missing)
+    # a chapter-style file with a wrong mask is refused
+    bad = torch.load(path, map_location="cpu", weights_only=True)
+    bad["trf_blocks.0.att.mask"] = torch.zeros(64, 64)
+    torch.save(bad, tmp_path / "bad_mask.pth")
+    with pytest.raises(HfSpamError, match=r"bad_mask\.pth: buffer 'trf_blocks\.0\.att\.mask'"):
+        load_chapter_classifier(tmp_path / "bad_mask.pth", GPTSpamConfig(**cfg))
+    # ... and so is a missing tensor (strict loading)
+    missing = torch.load(path, map_location="cpu", weights_only=True)
+    del missing["trf_blocks.1.ff.layers.0.weight"]
+    torch.save(missing, tmp_path / "missing.pth")
+    with pytest.raises(HfSpamError, match=r"missing tensor 'trf_blocks\.1\.ff\.layers\.0\.weight'"):
+        load_chapter_classifier(tmp_path / "missing.pth", GPTSpamConfig(**cfg))
 
     ours.save_pretrained(tmp_path / "saved")
     again = GPTSpamForSequenceClassification.from_pretrained(tmp_path / "saved").eval()
@@ -168,8 +173,6 @@ def test_no_causal_mask_lets_early_tokens_see_later_ones():
 
 
 def test_new_head_is_created_after_seed_123_like_the_chapter():
-    from hf_spam.training import ModelArguments
-
     a = build_model(ModelArguments(model_size="tiny", weights="random"))
     torch.manual_seed(123)
     expected = torch.nn.Linear(128, 2)

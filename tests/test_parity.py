@@ -16,11 +16,11 @@ import torch
 from gpt2_checkpoints import write_hf_gpt2
 from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
 
-from hf_spam.generation import generate_greedy, generate_text, text_to_token_ids, token_ids_to_text
-from hf_spam.sanity import GENERATION_PROMPT, SPAM_PROMPT
-from hf_spam.sanity import main as sanity_main
+from hf_spam.arguments import ModelArguments
+from hf_spam.cli import main as cli_main
+from hf_spam.sanity import GENERATION_PROMPT, SPAM_PROMPT, generate_greedy, generate_text
 from hf_spam.tokenization import PAD_TOKEN_ID, get_encoding
-from hf_spam.weights import load_gpt2, load_gpt2_for_classification
+from hf_spam.weights import build_model, load_gpt2
 
 ATOL = 1e-4
 SHAPES = {
@@ -82,7 +82,7 @@ def test_logits_match_transformers_with_right_padding(ckpt, enc):
 
 def test_greedy_generation_matches_transformers_generate(ckpt, enc):
     _, ours, theirs = ckpt
-    ids = text_to_token_ids(GENERATION_PROMPT, enc)
+    ids = torch.tensor([enc.encode_ordinary(GENERATION_PROMPT)])
     assert ids.tolist() == [[6109, 3626, 6100, 345]]
     mine = generate_greedy(ours, ids, max_new_tokens=15, context_size=ours.cfg.context_length)
     theirs.generation_config.eos_token_id = None  # never stop early: the chapter's loop does not
@@ -91,8 +91,8 @@ def test_greedy_generation_matches_transformers_generate(ckpt, enc):
                               pad_token_id=PAD_TOKEN_ID)
     assert mine.shape == (1, 19)
     assert mine.tolist() == ref.tolist()
-    text = generate_text(ours, GENERATION_PROMPT, 15, encoding=enc)
-    assert text == token_ids_to_text(ref, enc) and text.startswith(GENERATION_PROMPT)
+    text = generate_text(ours, GENERATION_PROMPT, 15, enc)
+    assert text == enc.decode(ref[0].tolist()) and text.startswith(GENERATION_PROMPT)
 
 
 def test_generation_crops_to_context_size(ckpt):
@@ -109,7 +109,7 @@ def test_generation_crops_to_context_size(ckpt):
 
 def test_classifier_pooled_state_and_logits_match_gpt2_for_sequence_classification(ckpt, enc):
     folder, _, _ = ckpt
-    ours = load_gpt2_for_classification(folder, pooling="last_non_pad")
+    ours = build_model(ModelArguments(model_name_or_path=str(folder), pooling="last_non_pad")).eval()
     theirs = GPT2ForSequenceClassification.from_pretrained(folder, num_labels=2, pad_token_id=PAD_TOKEN_ID).eval()
     ids, mask = padded_batch(enc)
     rows = torch.arange(ids.shape[0])
@@ -135,11 +135,11 @@ def test_classifier_pooled_state_and_logits_match_gpt2_for_sequence_classificati
 
 def test_sanity_check_cli_on_local_weights(ckpt, enc, capsys):
     folder, _, theirs = ckpt
-    sanity_main(["--model_name_or_path", str(folder)])
+    cli_main(["sanity", "--model_name_or_path", str(folder)])
     out = capsys.readouterr().out
     theirs.generation_config.eos_token_id = None
     for prompt, n in ((GENERATION_PROMPT, 15), (SPAM_PROMPT, 23)):
-        ids = text_to_token_ids(prompt, enc)
+        ids = torch.tensor([enc.encode_ordinary(prompt)])
         with torch.no_grad():
             ref = theirs.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
                                   pad_token_id=PAD_TOKEN_ID)
@@ -159,3 +159,4 @@ def test_sanity_check_cli_offline_without_weights(root, tmp_path):
     assert proc.stdout == "" and "Traceback" not in proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("error: openai-community/gpt2: ") and "--weights random" in line
+    assert proc.returncode == 3  # something could not be downloaded (not a bad input)

@@ -11,21 +11,19 @@ import pytest
 import torch
 from datasets import concatenate_datasets
 from safetensors.torch import load_file
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from train import main as train_main
+from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
+from hf_spam.arguments import ModelArguments
 from hf_spam.data import load_sms_spam
-from hf_spam.feature_cache import (
-    FrozenTrunkSuffix,
-    caching_blocker,
-    dataset_content_hash,
-    prepare_cached_training,
-)
-from hf_spam.metrics import trainer_compute_metrics
+from hf_spam.feature_cache import FrozenTrunkSuffix, caching_blocker, dataset_content_hash, prepare_cached_training
 from hf_spam.modeling_gpt import GPTSpamConfig, GPTSpamForSequenceClassification
-from hf_spam.tokenization import PaddingCollator, tokenize_splits
-from hf_spam.training import ModelArguments, build_model, parse_args, run, set_trainable_layers
+from hf_spam.tokenization import build_hf_tokenizer, tokenize_splits
+from hf_spam.training import set_trainable_layers, trainer_compute_metrics
+from hf_spam.weights import build_model
 
 SIZES = {"train": 96, "validation": 24, "test": 24}
+COLLATE = DataCollatorWithPadding(build_hf_tokenizer())
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +40,7 @@ def tokenized_splits(raw, padding: str):
 
 def tiny_model(trainable: str, pooling: str, length: int | None, **config) -> GPTSpamForSequenceClassification:
     args = ModelArguments(model_size="tiny", weights="random", trainable_layers=trainable, pooling=pooling, **config)
-    model = build_model(args, max_length=length)
+    model = build_model(args, length)
     set_trainable_layers(model, trainable)
     return model
 
@@ -74,7 +72,7 @@ def train_once(raw, tmp_path: Path, *, trainable: str, pooling: str, padding: st
     tok, length = tokenized_splits(raw, padding)
     full = tiny_model(trainable, pooling, length)
     args = trainer_args(tmp_path / ("cached" if cache else "plain"), **overrides)
-    model, data, collator, info = full, tok, PaddingCollator(), None
+    model, data, collator, info = full, tok, COLLATE, None
     if cache:
         info = prepare_cached_training(
             full, tok, trainable_layers=trainable, padding=padding, training_args=args, cache_dir=tmp_path / "cache"
@@ -245,7 +243,7 @@ def run_job(tmp_path: Path, data_file: Path, name: str, *extra: str) -> tuple[di
     cwd = os.getcwd()
     os.chdir(root)  # the config path is relative to the repository
     try:
-        metrics = run(*parse_args(argv))
+        metrics = train_main(argv)
     finally:
         os.chdir(cwd)
     history = json.loads((out / "log_history.json").read_text())
@@ -372,7 +370,7 @@ def test_length_grouping_works_on_cached_and_plain_datasets(raw, tmp_path):
                                        training_args=args, cache_dir=tmp_path / "cache")
         cached = Trainer(model=info.model, args=args, train_dataset=info.datasets["train"],
                          data_collator=info.collator)
-        plain = Trainer(model=full, args=args, train_dataset=tok["train"], data_collator=PaddingCollator())
+        plain = Trainer(model=full, args=args, train_dataset=tok["train"], data_collator=COLLATE)
         spreads[strategy] = (batch_length_spread(cached), batch_length_spread(plain))
     assert spreads["group_by_length"][0] < spreads["random"][0] / 2
     assert spreads["group_by_length"][1] < spreads["random"][1] / 2

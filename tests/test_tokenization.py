@@ -1,16 +1,21 @@
-"""tiktoken GPT-2 tokenization offline, the three padding modes and the padding collator."""
+"""tiktoken GPT-2 tokenization offline, the three padding modes, and batches padded by transformers'
+DataCollatorWithPadding with our Hugging Face copy of the tokenizer."""
 
 from __future__ import annotations
+
+import sys
 
 import datasets
 import pytest
 import tiktoken
 import torch
+from transformers import DataCollatorWithPadding
 
 from hf_spam.data import load_sms_spam
+from hf_spam.errors import HfSpamError
 from hf_spam.tokenization import (
     PAD_TOKEN_ID,
-    PaddingCollator,
+    build_hf_tokenizer,
     encode_texts,
     get_encoding,
     gpt2_bpe_files,
@@ -48,13 +53,19 @@ def test_endoftext_in_a_message_is_ordinary_text():
     assert PAD_TOKEN_ID not in ids and get_encoding().decode(ids) == "win <|endoftext|> now"
 
 
-def test_bad_bpe_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="encoder.json"):
+def test_bad_bpe_folder_is_a_clear_error(tmp_path, monkeypatch):
+    with pytest.raises(HfSpamError, match="encoder.json"):
         gpt2_bpe_files(tmp_path)
     (tmp_path / "encoder.json").write_text("{}")
     (tmp_path / "vocab.bpe").write_text("#version 0.2\n")
-    with pytest.raises(ValueError, match="sha256"):
+    with pytest.raises(HfSpamError, match="sha256"):
         gpt2_bpe_files(tmp_path)
+    # Offline, no local folder and nothing in tiktoken's cache: one line saying what to pass instead.
+    monkeypatch.delenv("HF_SPAM_BPE_DIR")
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.setitem(sys.modules, "requests", None)  # tiktoken's download then fails at once, as offline
+    with pytest.raises(HfSpamError, match="--bpe_dir or set HF_SPAM_BPE_DIR"):
+        gpt2_bpe_files(None)
 
 
 def test_longest_train_padding_is_the_chapters_120(sms):
@@ -110,15 +121,17 @@ def test_tokenization_is_cached_by_fingerprint(sms):
     assert a["train"]._fingerprint == b["train"]._fingerprint != c["train"]._fingerprint
 
 
-def test_padding_collator_pads_on_the_right():
-    batch = PaddingCollator()([
+def test_batches_are_padded_on_the_right_by_the_library_collator(bpe_dir):
+    collate = DataCollatorWithPadding(build_hf_tokenizer(bpe_dir))
+    batch = collate([
         {"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": 1},
         {"input_ids": [8], "attention_mask": [1], "labels": 0},
     ])
     assert torch.equal(batch["input_ids"], torch.tensor([[5, 6, 7], [8, PAD_TOKEN_ID, PAD_TOKEN_ID]]))
     assert torch.equal(batch["attention_mask"], torch.tensor([[1, 1, 1], [1, 0, 0]]))
     assert torch.equal(batch["labels"], torch.tensor([1, 0]))
-    assert PaddingCollator(pad_to_multiple_of=8)([{"input_ids": [1, 2, 3]}])["input_ids"].shape == (1, 8)
+    padded = DataCollatorWithPadding(build_hf_tokenizer(bpe_dir), pad_to_multiple_of=8)
+    assert padded([{"input_ids": [1, 2, 3], "attention_mask": [1, 1, 1]}])["input_ids"].shape == (1, 8)
 
 
 def test_tiktoken_is_the_library_used():

@@ -1,4 +1,4 @@
-"""End-to-end training with scripts/train.py: the acceptance run, errors, resume, several processes."""
+"""End-to-end training with scripts/train.py: the acceptance run, launchers and threads, errors, resume."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, run_train
 
-from hf_spam.training import ConfigError, parse_args
+from hf_spam.arguments import parse_args
+from hf_spam.errors import HfSpamError
 
 
 def test_tiny_config_trains_and_writes_everything(tiny_run: Path):
@@ -27,6 +28,7 @@ def test_tiny_config_trains_and_writes_everything(tiny_run: Path):
         assert (tiny_run / name).is_file() and (tiny_run / name).stat().st_size > 0, name
     log = (tiny_run / "train.log").read_text()
     assert "Trainable parameters" in log and "eval_accuracy" in log
+    assert "1 process(es)" in log and f"{len(os.sched_getaffinity(0))} PyTorch threads each" in log
     # the chapter's evaluation every 50 steps: 1045 // 8 = 130 steps per epoch, 5 epochs
     history = json.loads((tiny_run / "log_history.json").read_text())
     assert [h["step"] for h in history if "eval_loss" in h] == list(range(50, 651, 50))
@@ -44,33 +46,60 @@ def test_saved_folder_classifies_the_chapter_examples(tiny_run: Path):
     assert [o["label"] for o in out] == ["spam", "ham"]
 
 
-def test_accelerate_launch_single_process(tmp_path, sms_file):
+ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+CORES = len(os.sched_getaffinity(0))
+
+
+def test_accelerate_launch_single_process_uses_every_core(tmp_path, sms_file):
+    # accelerate sets OMP_NUM_THREADS=1 in the process it starts; the script takes the cores back.
     result = run_train(
         ["--config", "configs/tiny.yaml", "--data_file", str(sms_file), "--output_dir", str(tmp_path),
          "--max_steps", "20", "--eval_steps", "10"],
-        launcher=[sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1"],
+        launcher=[*ACCELERATE, "--config_file", "configs/accelerate/one_process.yaml"],
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["num_processes"] == 1 and metrics["test_examples"] == 300
+    assert metrics["cpu_threads"] == CORES
+    # ... unless the user chose: --cpu_threads wins, and so does OMP_NUM_THREADS outside a launcher
+    result = run_train(["--config", "configs/tiny.yaml", "--data_file", str(sms_file), "--output_dir",
+                        str(tmp_path / "one"), "--max_steps", "2", "--eval_strategy", "no"],
+                       env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0 and json.loads((tmp_path / "one" / "metrics.json").read_text())["cpu_threads"] == 1
 
 
-def test_two_processes_count_every_example_once(tmp_path, sms_file, tiny_run):
-    result = run_train(
-        ["--config", "configs/tiny.yaml", "--data_file", str(sms_file), "--output_dir", str(tmp_path)],
-        launcher=[sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                  "--main_process_port", "29517"],
-    )
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate_multi_gpu", "accelerate_config"])
+def test_two_cpu_processes_count_every_example_once(tmp_path, sms_file, tiny_run, launcher):
+    port = {"torchrun": "29517", "accelerate_multi_gpu": "29518", "accelerate_config": "29519"}[launcher]
+    command = {
+        "torchrun": [*TORCHRUN, "--nproc_per_node", "2", "--master_port", port],
+        "accelerate_multi_gpu": [*ACCELERATE, "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                                 "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port],
+        "accelerate_config": [*ACCELERATE, "--config_file", "configs/accelerate/cpu_processes.yaml",
+                              "--main_process_port", port],
+    }[launcher]
+    args = ["--config", "configs/tiny.yaml", "--data_file", str(sms_file), "--output_dir", str(tmp_path)]
+    if launcher != "torchrun":
+        args += ["--num_train_epochs", "1"]  # the whole recipe once (torchrun) is enough; the others: the wiring
+    result = run_train(args, launcher=command)
     assert result.returncode == 0, result.stderr[-3000:]
     ddp = json.loads((tmp_path / "metrics.json").read_text())
-    single = json.loads((tiny_run / "metrics.json").read_text())
-    assert ddp["num_processes"] == 2
-    # 149 and 300 are odd/not divisible by 2x8: sampler padding would add duplicates if not dropped
+    assert ddp["num_processes"] == 2 and ddp["cpu_threads"] == max(1, CORES // 2)
+    # 149 and 300 are not divisible by 2 x 8: sampler padding would add duplicates if not dropped
     assert (ddp["train_examples"], ddp["validation_examples"], ddp["test_examples"]) == (1045, 149, 300)
-    # twice the global batch, half the steps: same recipe within noise
-    assert ddp["test_accuracy"] >= 0.85
-    assert abs(ddp["test_accuracy"] - single["test_accuracy"]) <= 0.06
+    if launcher == "torchrun":  # twice the global batch, half the steps: the same recipe within noise
+        single = json.loads((tiny_run / "metrics.json").read_text())
+        assert ddp["test_accuracy"] >= 0.85
+        assert abs(ddp["test_accuracy"] - single["test_accuracy"]) <= 0.06
+
+
+def test_errors_under_accelerate_launch_quiet_are_one_line(tmp_path):
+    result = run_train(["--config", "configs/tiny.yaml", "--output_dir", str(tmp_path), "--pooling", "max"],
+                       launcher=[*ACCELERATE, "--quiet", "--config_file", "configs/accelerate/one_process.yaml"])
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == ["error: --pooling: unknown value 'max'; expected one of last, "
+                                                  "first, last_non_pad, mean"]
 
 
 def test_pretrained_weights_unavailable_is_one_clear_line(tmp_path, sms_file):
@@ -78,7 +107,7 @@ def test_pretrained_weights_unavailable_is_one_clear_line(tmp_path, sms_file):
                        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")})
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
-    assert lines and lines[-1].startswith("error:")
+    assert lines and lines[-1].startswith("error: openai-community/gpt2: ") and result.returncode == 3
     assert "--weights random" in lines[-1] and "--model_name_or_path" in lines[-1]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "model.safetensors").exists()  # never a silent fallback to random weights
@@ -87,7 +116,7 @@ def test_pretrained_weights_unavailable_is_one_clear_line(tmp_path, sms_file):
 def test_unknown_yaml_key_is_refused(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model_size: tiny\nweights: random\nlearnig_rate: 0.1\n")
-    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown key 'learnig_rate'"):
+    with pytest.raises(HfSpamError, match=r"bad\.yaml: unknown key 'learnig_rate'"):
         parse_args(["--config", str(bad), "--output_dir", str(tmp_path)])
     result = run_train(["--config", str(bad), "--output_dir", str(tmp_path / "out")])
     assert result.returncode == 2
@@ -101,11 +130,24 @@ def test_unknown_yaml_key_is_refused(tmp_path):
         (["--trainable_layers", "some"], "--trainable_layers"),
         (["--pooling", "max"], "--pooling"),
         (["--padding", "left"], "--padding"),
+        (["--max_length", "-1"], "--max_length: expected a positive number"),
+        (["--cpu_threads", "0"], "--cpu_threads"),
+        (["--drop_rate", "1.5"], "--drop_rate"),
+        (["--learning_rate", "fast"], "--learning_rate: invalid float value"),
+        (["--hubtoken", "hf_secret"], "unknown argument\\(s\\): --hubtoken$"),  # the value may be a token
+        (["--weights", "pretrained", "--model_size", "tiny"], "tiny has no pretrained weights"),
     ],
 )
 def test_bad_choices_are_refused(tmp_path, flags, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(HfSpamError, match=message):
         parse_args(["--config", "configs/tiny.yaml", "--output_dir", str(tmp_path), *flags])
+
+
+def test_output_dir_is_required_and_help_needs_nothing(tmp_path):
+    with pytest.raises(HfSpamError, match="--output_dir: required"):
+        parse_args(["--config", "configs/tiny.yaml"])
+    result = run_train(["--config", "configs/tiny.yaml"])
+    assert result.returncode == 2 and result.stderr.strip().startswith("error: --output_dir: required")
 
 
 def test_command_line_flags_override_the_config(tmp_path):

@@ -1,0 +1,177 @@
+"""The recipe's arguments: three dataclasses, a flat YAML config, command-line flags that win.
+
+``--config FILE.yaml`` is read first (``include: OTHER.yaml`` pulls in a base recipe; the including
+file's keys win), every key must be a field of one of the dataclasses, and the values become the
+parser's defaults (``HfArgumentParser.set_defaults``), so flags given on the command line override
+them. Choices are checked in each dataclass's ``__post_init__``, which covers YAML and flags alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from .errors import HfSpamError, without_secrets
+from .modeling_gpt import MODEL_PRESETS, POOLING_CHOICES, resolve_model_size
+from .tokenization import PADDING_CHOICES
+
+TRAINABLE_LAYER_CHOICES = ("last_layer", "last_block", "last_two_blocks", "all", "lora")
+WEIGHTS_CHOICES = ("pretrained", "random")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise HfSpamError(f"--{name}: unknown value {value!r}; expected one of {', '.join(choices)}")
+
+
+@dataclass
+class ModelArguments:
+    """Which GPT, which weights, what is trained and how the classifier reads the sequence."""
+
+    model_size: str = field(default="gpt2-small", metadata={
+        "help": f"Size preset: {', '.join(MODEL_PRESETS)} (or 124M/355M/774M/1558M)."})
+    weights: str = field(default="pretrained", metadata={"help": "pretrained (GPT-2's weights) or random."})
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "GPT-2 weights: a Hub id (default: openai-community/gpt2 for the chosen size), a local Hugging "
+        "Face checkpoint folder or a local OpenAI TensorFlow checkpoint folder."})
+    trainable_layers: str = field(default="last_block", metadata={
+        "help": f"What is trained: {', '.join(TRAINABLE_LAYER_CHOICES)}."})
+    pooling: str = field(default="last", metadata={"help": f"Token(s) classified: {', '.join(POOLING_CHOICES)}."})
+    drop_rate: float = field(default=0.0, metadata={"help": "Dropout rate (the chapter fine-tunes with 0.0)."})
+    disable_causal_mask: bool = field(default=False, metadata={"help": "Let every token attend to every token."})
+    lora_rank: int = field(default=16, metadata={"help": "LoRA rank r (with --trainable_layers lora)."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha; peft scales the update by alpha/r."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch."})
+    bpe_dir: str | None = field(default=None, metadata={
+        "help": "Folder with GPT-2's encoder.json + vocab.bpe (offline tokenization)."})
+
+    def __post_init__(self) -> None:
+        try:
+            self.model_size = resolve_model_size(self.model_size)
+        except ValueError as err:
+            raise HfSpamError(f"--{err}") from None
+        _check_choice("weights", self.weights, WEIGHTS_CHOICES)
+        _check_choice("trainable_layers", self.trainable_layers, TRAINABLE_LAYER_CHOICES)
+        _check_choice("pooling", self.pooling, POOLING_CHOICES)
+        if self.weights == "pretrained" and self.model_size == "tiny" and not self.model_name_or_path:
+            raise HfSpamError("--model_size tiny has no pretrained weights; use --weights random")
+        if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank < 1:
+            raise HfSpamError(f"--lora_rank: expected a positive integer, got {self.lora_rank!r}")
+        if not self.lora_alpha > 0:
+            raise HfSpamError(f"--lora_alpha: expected a positive number, got {self.lora_alpha!r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise HfSpamError(f"--lora_dropout: expected a value in [0, 1), got {self.lora_dropout!r}")
+        if not 0.0 <= self.drop_rate < 1.0:
+            raise HfSpamError(f"--drop_rate: expected a value in [0, 1), got {self.drop_rate!r}")
+
+
+@dataclass
+class DataArguments:
+    """Where the SMS data comes from and how it is split and padded."""
+
+    data_file: str | None = field(default=None, metadata={
+        "help": "Local SMSSpamCollection file; downloaded from UCI when not given."})
+    data_cache_dir: str | None = field(default=None, metadata={
+        "help": "Cache for downloads and frozen-trunk features (default $HF_SPAM_CACHE or ~/.cache/hf_spam)."})
+    natural_balance: bool = field(default=False, metadata={
+        "help": "Keep all 5,572 messages (stratified split) instead of the balanced recipe."})
+    padding: str = field(default="longest_train", metadata={"help": f"Padding: {', '.join(PADDING_CHOICES)}."})
+    max_length: int | None = field(default=None, metadata={
+        "help": "Override the padded length of longest_train/max_context."})
+    write_csv: bool = field(default=False, metadata={"help": "Also write train/validation/test.csv to output_dir."})
+
+    def __post_init__(self) -> None:
+        _check_choice("padding", self.padding, PADDING_CHOICES)
+        if self.max_length is not None and self.max_length < 1:
+            raise HfSpamError(f"--max_length: expected a positive number of tokens, got {self.max_length}")
+
+
+@dataclass
+class SpamTrainingArguments(TrainingArguments):
+    """transformers' ``TrainingArguments`` plus what this recipe adds to a training run."""
+
+    cache_features: bool = field(default=True, metadata={
+        "help": "With a frozen trunk (last_layer, last_block, last_two_blocks) and dropout 0, run the frozen "
+        "blocks once per example (cached under DATA_CACHE_DIR/features) and train only the top: same results, "
+        "much faster. false: recompute the whole model every step."})
+    plot_train_batches: int = field(default=5, metadata={
+        "help": "Training batches scored at each epoch end for the accuracy plot (the chapter's eval_iter)."})
+    cpu_threads: int | None = field(default=None, metadata={
+        "help": "PyTorch threads per process on the CPU (default: all cores, shared fairly between the "
+        "processes of this machine; OMP_NUM_THREADS > 1 also counts as a choice)."})
+
+    def __post_init__(self) -> None:
+        if not self.output_dir:
+            raise HfSpamError("--output_dir: required (where the model, metrics and plots are written)")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise HfSpamError(f"--cpu_threads: expected a positive number, got {self.cpu_threads}")
+        super().__post_init__()
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, SpamTrainingArguments)
+
+
+class _Parser(HfArgumentParser):
+    """argparse's errors (a bad type, a missing value) become one ``HfSpamError`` line, not usage + exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise HfSpamError(without_secrets(message))
+
+
+def config_keys() -> set[str]:
+    """Every key a config file may hold: the fields of the three argument dataclasses."""
+    return {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls) if f.init}
+
+
+def load_config(path: str | Path, _including: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A flat YAML config as a dict, its ``include:`` merged underneath; unknown keys are errors."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise HfSpamError(f"{path}: config file not found") from None
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
+        raise HfSpamError(f"{path}: not a readable YAML file ({str(err).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise HfSpamError(f"{path}: expected a mapping of argument names to values")
+    merged: dict[str, Any] = {}
+    include = raw.pop("include", None)
+    if include is not None:
+        if not isinstance(include, str) or not include:
+            raise HfSpamError(f"{path}: include: expected the path of another YAML config")
+        included = (path.parent / include).resolve()
+        if included in (*_including, path.resolve()):
+            raise HfSpamError(f"{path}: include: {include} includes itself (directly or through other files)")
+        if not included.is_file():
+            raise HfSpamError(f"{path}: include: {included} not found")
+        merged = load_config(included, (*_including, path.resolve()))
+    known = config_keys()
+    for key in raw:
+        if key not in known:
+            raise HfSpamError(f"{path}: unknown key {key!r}; expected an argument of scripts/train.py (see --help)")
+    return {**merged, **{k: v for k, v in raw.items() if v is not None}}
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, SpamTrainingArguments]:
+    """Parse ``[--config FILE.yaml] [--flag value ...]``: the config gives defaults, flags win."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _Parser(ARGUMENT_CLASSES)
+    parser.add_argument("--config", default=None, help="YAML file of defaults for any argument below.")
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    config, _ = pre.parse_known_args(argv)
+    if config.config:
+        parser.set_defaults(**load_config(config.config))
+    model_args, data_args, training_args, _, rest = parser.parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True)
+    if rest:  # flag names only: a mistyped flag's value may be a secret
+        flags = [a.split("=", 1)[0] for a in rest if a.startswith("-")]
+        raise HfSpamError(f"unknown argument(s): {' '.join(flags) or 'a value without a flag'}")
+    return model_args, data_args, training_args

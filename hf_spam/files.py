@@ -1,0 +1,65 @@
+"""Small file helpers used across the package: the cache folder, atomic writes, Hub-id checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+CACHE_ENV = "HF_SPAM_CACHE"
+
+
+def cache_dir(override: str | os.PathLike | None = None) -> Path:
+    """Where downloads and feature caches live: ``override``, else ``$HF_SPAM_CACHE``, else ``~/.cache/hf_spam``."""
+    chosen = override or os.environ.get(CACHE_ENV)
+    return Path(chosen).expanduser() if chosen else Path.home() / ".cache" / "hf_spam"
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path``, renamed onto it when the block succeeds and deleted otherwise.
+
+    A reader (or a later run) therefore sees either the old file or the complete new one, never half.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        tmp.chmod(0o644)  # mkstemp creates 0600; these files are meant to be read and shared
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Write ``data`` as indented JSON atomically."""
+    return write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def is_hub_id(name: object) -> bool:
+    """Whether ``name`` is a valid Hub repo id (``name`` or ``owner/name``) and not a local path."""
+    if not isinstance(name, str) or not name or name.startswith((".", "/", "~")) or "\\" in name:
+        return False
+    if Path(name).exists():
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True

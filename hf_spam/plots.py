@@ -1,0 +1,77 @@
+"""The chapter's plots (loss and accuracy over epochs, examples seen on the top axis) and a confusion matrix."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
+
+from .files import atomic_path  # noqa: E402
+
+
+def _save(fig: Any, stem: Path, formats: tuple[str, ...] = ("png", "pdf")) -> list[Path]:
+    written = []
+    for ext in formats:
+        with atomic_path(stem.with_suffix(f".{ext}")) as tmp:
+            fig.savefig(tmp, format=ext, dpi=120)
+        written.append(stem.with_suffix(f".{ext}"))
+    plt.close(fig)
+    return written
+
+
+def plot_values(epochs_seen: list[float], examples_seen: list[float], train_values: list[float],
+                val_values: list[float], label: str, out_stem: Path,
+                val_epochs: list[float] | None = None) -> list[Path]:
+    """The chapter's ``plot_values``: training and validation curves over epochs, examples seen on top;
+    saved as PNG and PDF."""
+    fig, ax1 = plt.subplots(figsize=(5, 3))
+    ax1.plot(epochs_seen, train_values, label=f"Training {label}")
+    ax1.plot(val_epochs or epochs_seen, val_values, linestyle="-.", label=f"Validation {label}")
+    ax1.set_xlabel("Epochs")
+    ax1.set_ylabel(label.capitalize())
+    ax1.legend()
+    ax2 = ax1.twiny()  # examples seen, on the same scale as the epochs below
+    ax2.plot(examples_seen, train_values, alpha=0)
+    ax2.set_xlabel("Examples seen")
+    fig.tight_layout()
+    return _save(fig, out_stem)
+
+
+def plot_history(log_history: list[dict], examples_per_step: int, steps_per_epoch: float, out_dir: Path) -> list[Path]:
+    """``loss-plot`` (logged training loss and evaluation loss) and ``accuracy-plot`` (per epoch) from
+    Trainer's log history."""
+    written: list[Path] = []
+    train = [h for h in log_history if "loss" in h and "epoch" in h]
+    evals = [h for h in log_history if "eval_loss" in h]
+    if train and evals:
+        written += plot_values([h["epoch"] for h in train], [h["step"] * examples_per_step for h in train],
+                               [h["loss"] for h in train], [h["eval_loss"] for h in evals], "loss",
+                               out_dir / "loss-plot", val_epochs=[h["epoch"] for h in evals])
+    acc = [h for h in log_history if "epoch_train_accuracy" in h]
+    if acc:
+        epochs = [round(h["epoch"]) for h in acc]
+        written += plot_values(epochs, [e * steps_per_epoch * examples_per_step for e in epochs],
+                               [h["epoch_train_accuracy"] for h in acc], [h["epoch_validation_accuracy"] for h in acc],
+                               "accuracy", out_dir / "accuracy-plot")
+    return written
+
+
+def plot_confusion_matrix(cm: Any, labels: list[str], path: Path, title: str) -> Path:
+    """A ``[true, predicted]`` count matrix as a PNG heat map with the counts written in."""
+    fig, ax = plt.subplots(figsize=(4.4, 4.2))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(textwrap.fill(title, 48), fontsize=8)
+    for (i, j), value in np.ndenumerate(cm):
+        ax.text(j, i, str(int(value)), ha="center", va="center", color="white" if value > cm.max() / 2 else "black")
+    fig.tight_layout()
+    return _save(fig, path.with_suffix(""), ("png",))[0]
