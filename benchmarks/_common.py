@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from hf_spam import files
 from hf_spam.measure import markdown_table, peak_rss_mb, run_measured  # noqa: F401 - re-exported for the scripts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +64,17 @@ def cpu_seconds() -> float:
     """User + system CPU time of this process so far."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def select_cases(args: argparse.Namespace, known: dict[str, Any]) -> tuple[list[str], str]:
+    """The cases to run (``--cases`` or all, checked) and the machine line, printed first."""
+    cases = args.cases or list(known)
+    unknown = [c for c in cases if c not in known]
+    if unknown:
+        raise ValueError(f"--cases: unknown {unknown}; expected some of {', '.join(known)}")
+    machine = machine_description()
+    print(f"Machine: {machine}\n", flush=True)
+    return cases, machine
 
 
 def emit(result: dict[str, Any]) -> None:
@@ -122,6 +134,17 @@ def run_case(script: str | Path, case: str, argv: Sequence[str], timeout: float 
     return result
 
 
+def run_cases(script: str | Path, cases: Sequence[str], forwarded: Sequence[str], wait_quiet: float,
+              describe: Callable[[dict[str, Any]], str]) -> dict[str, dict[str, Any]]:
+    """Each case in its own worker process (after waiting for a quiet CPU), with a progress line each."""
+    results = {}
+    for case in cases:
+        waited = wait_until_quiet(wait_quiet)
+        results[case] = {**run_case(script, case, forwarded), "waited_for_quiet_s": round(waited, 1)}
+        print(f"  {case}: {describe(results[case])}", flush=True)
+    return results
+
+
 def run_command_measured(
     cmd: Sequence[str], log_file: Path, timeout: float = 7200, env: dict | None = None
 ) -> dict[str, Any]:
@@ -173,14 +196,9 @@ def machine_description() -> str:
 
 
 def write_json(path: str | None, data: Any) -> None:
-    """Write results atomically (temp file in the same folder, then rename)."""
-    if not path:
-        return
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, target)
+    """Write results atomically, when ``--json FILE`` was given."""
+    if path:
+        files.write_json(path, data)
 
 
 def gpt2_small_or_tiny(quick: bool) -> str:

@@ -27,12 +27,12 @@ from _common import (
     data_file_arg,
     emit,
     gpt2_small_or_tiny,
-    machine_description,
     main_guard,
     markdown_table,
     median,
     run_case,
     run_command_measured,
+    select_cases,
     small_sms_file,
     wait_until_quiet,
     write_json,
@@ -165,12 +165,7 @@ def main() -> None:
         steps, evals = (1, 1) if args.quick else (args.plain_steps, args.plain_eval_batches)
         r = plain_job(args.worker, gpt2_small_or_tiny(args.quick), args.data_file, steps, evals, args.plain_full)
         return emit({"case": args.worker, **r})
-    cases = args.cases or list(CASES)
-    unknown = [c for c in cases if c not in CASES]
-    if unknown:
-        raise ValueError(f"--cases: unknown {unknown}; expected some of {', '.join(CASES)}")
-    machine = machine_description()
-    print(f"Machine: {machine}\n", flush=True)
+    cases, machine = select_cases(args, CASES)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)

@@ -22,12 +22,11 @@ from _common import (
     data_file_arg,
     emit,
     gpt2_small_or_tiny,
-    machine_description,
     main_guard,
     markdown_table,
     median,
-    run_case,
-    wait_until_quiet,
+    run_cases,
+    select_cases,
     write_json,
 )
 
@@ -190,20 +189,10 @@ def main() -> None:
     args.data_file = data_file_arg(args.data_file)
     if args.worker:
         return worker(args.worker, args)
-    cases = args.cases or list(CASES)
-    unknown = [c for c in cases if c not in CASES]
-    if unknown:
-        raise ValueError(f"--cases: unknown {unknown}; expected some of {', '.join(CASES)}")
-    machine = machine_description()
-    print(f"Machine: {machine}\n", flush=True)
+    cases, machine = select_cases(args, CASES)
     forwarded = (["--quick"] if args.quick else []) + ["--steps", str(args.steps)]
     forwarded += ["--data_file", args.data_file] if args.data_file else []
-    results = {}
-    for case in cases:
-        waited = wait_until_quiet(args.wait_quiet)
-        results[case] = run_case(__file__, case, forwarded)
-        results[case]["waited_for_quiet_s"] = round(waited, 1)
-        print(f"  {case}: {results[case]['s_per_step']:.3f} s/step", flush=True)
+    results = run_cases(__file__, cases, forwarded, args.wait_quiet, lambda r: f"{r['s_per_step']:.3f} s/step")
     base = results.get(BASELINE)
     rows = []
     for case, r in results.items():

@@ -74,6 +74,9 @@ class GPTSpamConfig(PretrainedConfig):
     """
 
     model_type = "hf_spam_gpt"
+    # Standard names, so generic transformers code (Trainer, peft, pipelines) finds the sizes.
+    attribute_map = {"hidden_size": "emb_dim", "num_hidden_layers": "n_layers", "num_attention_heads": "n_heads",
+                     "max_position_embeddings": "context_length"}
 
     def __init__(
         self,
@@ -111,23 +114,6 @@ class GPTSpamConfig(PretrainedConfig):
             kwargs["label2id"] = {"ham": 0, "spam": 1}
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(pad_token_id=pad_token_id, **kwargs)
-
-    # Standard names, so generic transformers code (Trainer, peft, pipelines) finds the sizes.
-    @property
-    def hidden_size(self) -> int:
-        return self.emb_dim
-
-    @property
-    def num_hidden_layers(self) -> int:
-        return self.n_layers
-
-    @property
-    def num_attention_heads(self) -> int:
-        return self.n_heads
-
-    @property
-    def max_position_embeddings(self) -> int:
-        return self.context_length
 
     @classmethod
     def from_preset(cls, model_size: str, **kwargs) -> GPTSpamConfig:
@@ -191,19 +177,17 @@ class MultiHeadAttention(nn.Module):
         self.W_value = nn.Linear(cfg.emb_dim, cfg.emb_dim, bias=cfg.qkv_bias)
         self.out_proj = nn.Linear(cfg.emb_dim, cfg.emb_dim)
 
+    def heads(self, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        """Project ``x [b, t, d]`` and split it into heads: ``[b, heads, t, head_dim]``."""
+        return linear(x).view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        b, t, d = x.shape
-        # [b, t, d] -> [b, heads, t, head_dim]
-        q = self.W_query(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.W_key(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        v = self.W_value(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.heads(self.W_query, x), self.heads(self.W_key, x), self.heads(self.W_value, x)
         dropout_p = self.dropout if self.training else 0.0
-        if attn_mask is None:
-            # Fast path: the fused kernels apply the causal mask themselves.
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=self.causal)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
-        return self.out_proj(y.transpose(1, 2).reshape(b, t, d))
+        # No mask given: the fused kernels apply the causal mask themselves (the fast path).
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                                           is_causal=self.causal and attn_mask is None)
+        return self.out_proj(y.transpose(1, 2).reshape(x.shape))
 
     def attend_at(self, x: torch.Tensor, index: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         """The attention output at one query position per row: ``x [b, t, d]``, ``index [b]`` -> ``[b, d]``.
@@ -212,14 +196,11 @@ class MultiHeadAttention(nn.Module):
         every position, the query, the attention and ``out_proj`` only for the one position: the
         cheap way to run a classifier's last block when the pooling reads a single token.
         """
-        b, t, d = x.shape
-        rows = torch.arange(b, device=x.device)
-        q = self.W_query(x[rows, index]).view(b, 1, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.W_key(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        v = self.W_value(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        query = x[torch.arange(x.shape[0], device=x.device), index][:, None, :]  # [b, 1, d]
+        q, k, v = self.heads(self.W_query, query), self.heads(self.W_key, x), self.heads(self.W_value, x)
         dropout_p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=dropout_p)
-        return self.out_proj(y.reshape(b, d))
+        return self.out_proj(y.reshape(x.shape[0], x.shape[2]))
 
 
 class TransformerBlock(nn.Module):
@@ -311,13 +292,9 @@ class GPTModel(nn.Module):
             x = block(x, attn_mask)
         return x
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Final-normed hidden states ``[batch, tokens, emb_dim]`` (everything but the head)."""
-        return self.final_norm(self.run_blocks(self.embed(input_ids), attention_mask))
-
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Per-token logits ``[batch, tokens, out_dim]``; ``attention_mask`` hides padding keys."""
-        return self.out_head(self.hidden_states(input_ids, attention_mask))
+        return self.out_head(self.final_norm(self.run_blocks(self.embed(input_ids), attention_mask)))
 
 
 def pooling_index(attention_mask: torch.Tensor | None, batch: int, seq_len: int, pooling: str,

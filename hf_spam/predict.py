@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from huggingface_hub import snapshot_download
 from transformers import PretrainedConfig
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
@@ -34,13 +35,6 @@ from .tokenization import PAD_TOKEN_ID, get_encoding
 
 DTYPES = {"float32": None, "fp32": None, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
-
-
-def default_device() -> torch.device:
-    """CUDA when available, then Apple's MPS, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("mps" if hasattr(torch.backends, "mps") and torch.backends.mps.is_available() else "cpu")
 
 
 class SpamClassifier:
@@ -61,7 +55,7 @@ class SpamClassifier:
             raise HfSpamError(f"dtype: unknown value {dtype!r}; expected one of {', '.join(DTYPES)}")
         self.spam_index = next(i for i, v in labels.items() if v.lower() == "spam")
         self.labels, self.encoding = labels, encoding
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = torch.device(device) if device is not None else PartialState().default_device  # GPU if any
         self.dtype = DTYPES[dtype] if dtype else None
         if self.dtype == torch.float16 and self.device.type == "cpu":
             raise HfSpamError("dtype: float16 needs a GPU; use bfloat16 on the CPU")

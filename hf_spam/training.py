@@ -30,16 +30,12 @@ history = logging.getLogger("hf_spam.history")
 LAUNCHER_VARIABLES = ("TORCHELASTIC_RUN_ID", "ACCELERATE_MIXED_PRECISION")
 
 
-def has_accelerator() -> bool:
-    """Whether PyTorch sees a CUDA or Apple MPS device."""
-    return torch.cuda.is_available() or (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())
-
-
 def configure_processes() -> None:
     """Before arguments are parsed: several processes without a GPU (torchrun, ``accelerate launch
     --multi_gpu``) need accelerate's CPU mode for a gloo process group, which only ``ACCELERATE_USE_CPU``
     turns on."""
-    if "LOCAL_RANK" in os.environ and not has_accelerator():
+    mps = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+    if "LOCAL_RANK" in os.environ and not (torch.cuda.is_available() or mps):
         os.environ["ACCELERATE_USE_CPU"] = "true"
 
 

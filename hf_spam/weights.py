@@ -206,8 +206,8 @@ def build_model(model_args: ModelArguments, padded_length: int | None = None,
     """The classifier the recipe trains: GPT-2's weights (or random ones) and a new 2-way ``out_head``
     created right after ``torch.manual_seed(123)``, like the chapter.
 
-    ``padded_length`` (the training inputs' fixed length, if any) is stored in the config: prediction with
-    ``last`` pooling pads to it. (Not ``max_length``: transformers treats that name as a generation setting.)
+    ``config.padded_length`` is the fixed length of the training inputs, if any: prediction with ``last``
+    pooling pads to it. (Not ``max_length``: transformers treats that name as a generation setting.)
     """
     extra = {"pooling": model_args.pooling, "drop_rate": model_args.drop_rate,
              "causal": not model_args.disable_causal_mask, "padded_length": padded_length}

@@ -26,7 +26,7 @@ from hf_spam.feature_cache import prepare_cached_training
 from hf_spam.files import cache_dir, write_json
 from hf_spam.hub import push_folder_to_hub, save_model_folder
 from hf_spam.lora import apply_lora, save_adapter_and_merge
-from hf_spam.modeling_gpt import MODEL_PRESETS, count_parameters
+from hf_spam.modeling_gpt import count_parameters
 from hf_spam.plots import plot_history
 from hf_spam.tokenization import build_hf_tokenizer, tokenize_splits
 from hf_spam.training import (
@@ -72,17 +72,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if data_args.write_csv and args.process_index == 0:
         write_splits_csv(raw, out_dir)
 
-    # 3. Tokenize with tiktoken's GPT-2 encoding, padded to the longest training text (or per batch).
-    context = MODEL_PRESETS[model_args.model_size].get("context_length", 1024)
-    tokenized, padded_length = tokenize_splits(raw, padding=data_args.padding, context_length=context,
-                                               bpe_dir=model_args.bpe_dir, max_length=data_args.max_length)
+    # 3. Model: GPT-2's weights in the chapter's GPTModel, a new 2-way head created after seed 123.
+    model = build_model(model_args)
+
+    # 4. Tokenize with tiktoken's GPT-2 encoding, padded to the longest training text (or per batch).
+    tokenized, model.config.padded_length = tokenize_splits(  # stored: prediction pads `last` pooling alike
+        raw, padding=data_args.padding, context_length=model.config.context_length, bpe_dir=model_args.bpe_dir,
+        max_length=data_args.max_length)
     tokenized = tokenized.rename_column("label", "labels").remove_columns(["text"])
     tokenizer = build_hf_tokenizer(model_args.bpe_dir)  # the same ids: pads batches, ships with the model
     logger.info("Data: %s; padding %s (length %s)", {k: len(v) for k, v in tokenized.items()}, data_args.padding,
-                padded_length)
-
-    # 4. Model: GPT-2's weights in the chapter's GPTModel, a new 2-way head created after seed 123.
-    model = build_model(model_args, padded_length)
+                model.config.padded_length)
 
     # 5. What trains: the chapter's freezing choices, or LoRA adapters through peft.
     lora = model_args.trainable_layers == "lora"

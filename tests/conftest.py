@@ -60,3 +60,16 @@ def tiny_run(tmp_path_factory, sms_file) -> Path:
     if result.returncode != 0:
         pytest.fail(f"tiny run failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return out
+
+
+def scaled_tiny_model(seed: int = 0, **config):
+    """A random tiny classifier whose head is scaled up, so spam probabilities differ between texts."""
+    import torch
+
+    from hf_spam import GPTSpamConfig, GPTSpamForSequenceClassification
+
+    torch.manual_seed(seed)
+    model = GPTSpamForSequenceClassification(GPTSpamConfig.from_preset("tiny", **config)).eval()
+    with torch.no_grad():
+        model.gpt.out_head.weight.mul_(10.0)
+    return model

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import scaled_tiny_model
 
 from hf_spam import GPTSpamConfig, GPTSpamForSequenceClassification
 from hf_spam.arguments import DataArguments, ModelArguments, SpamTrainingArguments
@@ -43,13 +44,7 @@ EXPECTED_FILES = {
 }
 
 
-def tiny_model(seed: int = 0, **config) -> GPTSpamForSequenceClassification:
-    """A random tiny classifier whose head is scaled up, so spam probabilities differ between texts."""
-    torch.manual_seed(seed)
-    model = GPTSpamForSequenceClassification(GPTSpamConfig.from_preset("tiny", **config)).eval()
-    with torch.no_grad():
-        model.gpt.out_head.weight.mul_(10.0)
-    return model
+tiny_model = scaled_tiny_model
 
 
 def front_matter(readme: str) -> dict:

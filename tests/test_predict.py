@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import scaled_tiny_model
 
-from hf_spam import GPTSpamConfig, GPTSpamForSequenceClassification
+from hf_spam import GPTSpamForSequenceClassification
 from hf_spam.cli import main as cli_main
 from hf_spam.errors import HfSpamError, UnavailableError
 from hf_spam.hub import save_model_folder
@@ -34,13 +35,7 @@ TEXTS = [
 ]
 
 
-def tiny_model(seed: int = 0, **config) -> GPTSpamForSequenceClassification:
-    """A random tiny classifier whose head is scaled up, so spam probabilities differ between texts."""
-    torch.manual_seed(seed)
-    model = GPTSpamForSequenceClassification(GPTSpamConfig.from_preset("tiny", **config)).eval()
-    with torch.no_grad():
-        model.gpt.out_head.weight.mul_(10.0)
-    return model
+tiny_model = scaled_tiny_model
 
 
 @pytest.fixture()
