@@ -13,15 +13,18 @@ OUTPUT_DIR ?= runs/seed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# The CPU build of torch first, so the looser requirement below cannot pull a CUDA build.
+	# A known torch first (from a local wheel where the machine has one), so the looser requirement below
+	# installs nothing more; where that version cannot be had, the newest torch.
 	$(PY) -m pip install -q torch==2.13.0 || $(PY) -m pip install -q torch
 	$(PY) -m pip install -q -e ".[dev,tf]"
 	touch $@
 
 install: $(VENV)/.installed
 
+# --quiet: a failed run ends with our one-line error, without accelerate's traceback under it.
 train: install
-	$(VENV)/bin/accelerate launch scripts/train.py --config $(CONFIG) --output_dir $(OUTPUT_DIR) $(if $(DATA_FILE),--data_file $(DATA_FILE),)
+	$(VENV)/bin/accelerate launch --quiet --config_file configs/accelerate/one_process.yaml \
+		scripts/train.py --config $(CONFIG) --output_dir $(OUTPUT_DIR) $(if $(DATA_FILE),--data_file $(DATA_FILE),)
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -8,7 +8,8 @@
 
 Training is ``scripts/train.py``. ``predict`` writes one JSON line per message, in input order, as it
 goes. Errors are one ``error: ...`` line: exit status 2 for bad input, 3 when something cannot be
-downloaded or the Hub refuses (1 when the chapter's sanity check fails).
+downloaded or the Hub refuses (1 when the chapter's sanity check fails). Each command imports the
+heavy libraries it needs (torch, datasets, matplotlib) when it runs, so ``hf-spam --help`` is instant.
 """
 
 from __future__ import annotations

@@ -174,7 +174,7 @@ def load_gpt2_state_dict(source: str | os.PathLike, *, cache_dir: str | os.PathL
         if (path / "config.json").is_file():
             return load_hf_gpt2(path, cache_dir=cache_dir, revision=revision)
         if (path / "hparams.json").is_file():
-            from .openai_tf import load_openai_gpt2  # TensorFlow is an optional extra
+            from .openai_tf import load_openai_gpt2  # here, not at the top: that module builds on this one
 
             return load_openai_gpt2(path)
         raise HfSpamError(f"{path}: not a GPT-2 checkpoint folder: expected config.json + model.safetensors (or "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from run_experiments import LOG_FILE, ROOT, ROW_FLAGS, Row, check_flags, layers_label, pct, row_settings, run_row
 
-from hf_spam.errors import HfSpamError, run_main
+from hf_spam.errors import HfSpamError, run_main, without_secrets
 from hf_spam.files import atomic_path, write_json, write_text
 from hf_spam.measure import markdown_table
 
@@ -101,15 +101,16 @@ def main(argv: list[str] | None = None) -> None:
         if run_row(row).status != "ok":
             print(f"    {row.name}: FAILED: {row.reason}", flush=True)
     columns = [c for c in COLUMNS if c != "Peak GPU memory" or any(r.metrics.get("peak_gpu_memory_mb") for r in rows)]
+    shown = without_secrets(" ".join(flags))
     table = markdown_table(columns, [[comparison_row(r)[c] for c in columns] for r in rows])
     write_text(out / "comparison.md", "\n".join([
         "# LoRA vs. training the last block", "",
-        f"Same data, seed and recipe ({Path(args.config).name}); flags: `{' '.join(flags) or '(none)'}`.", "", table,
+        f"Same data, seed and recipe ({Path(args.config).name}); flags: `{shown or '(none)'}`.", "", table,
         "", "Trainable parameters are those the optimizer updates; the share is of every parameter in the trained "
         "model (LoRA's matrices included). Wall time is the whole process (start-up, data, training, evaluation, "
         "saving); training time is Trainer's loop. Peak memory is the process's peak resident set size"
         + ("; peak GPU memory is PyTorch's peak allocation." if "Peak GPU memory" in columns else "."), ""]))
-    write_json(out / "comparison.json", {"config": args.config, "flags": flags, "rows": [asdict(r) for r in rows]})
+    write_json(out / "comparison.json", {"config": args.config, "flags": shown, "rows": [asdict(r) for r in rows]})
     if all(r.status == "ok" for r in rows):
         plot_comparison(rows, out / "comparison.png")
     print(f"\n{table}\n\nWrote {out}/comparison.md, comparison.json" + (", comparison.png" if all(
