@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
+from transformers.integrations import get_available_reporting_integrations
 
-from .errors import HfSpamError, without_secrets
+from .errors import HfSpamError, one_line, without_secrets
 from .modeling_gpt import MODEL_PRESETS, POOLING_CHOICES, resolve_model_size
 from .tokenization import PADDING_CHOICES
 
@@ -70,6 +72,9 @@ class ModelArguments:
             raise HfSpamError(f"--lora_dropout: expected a value in [0, 1), got {self.lora_dropout!r}")
         if not 0.0 <= self.drop_rate < 1.0:
             raise HfSpamError(f"--drop_rate: expected a value in [0, 1), got {self.drop_rate!r}")
+        if self.weights == "random" and self.model_name_or_path:
+            raise HfSpamError("--model_name_or_path: a checkpoint's weights are not used with --weights random; "
+                              "drop one of the two")
 
 
 @dataclass
@@ -106,13 +111,33 @@ class SpamTrainingArguments(TrainingArguments):
     cpu_threads: int | None = field(default=None, metadata={
         "help": "PyTorch threads per process on the CPU (default: all cores, shared fairly between the "
         "processes of this machine; OMP_NUM_THREADS > 1 also counts as a choice)."})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Replace what an earlier run left in output_dir (otherwise a used folder is refused, unless "
+        "--resume_from_checkpoint continues that run)."})
 
     def __post_init__(self) -> None:
         if not self.output_dir:
             raise HfSpamError("--output_dir: required (where the model, metrics and plots are written)")
-        if self.cpu_threads is not None and self.cpu_threads < 1:
-            raise HfSpamError(f"--cpu_threads: expected a positive number, got {self.cpu_threads}")
+        for name in ("cpu_threads", "per_device_train_batch_size", "per_device_eval_batch_size",
+                     "gradient_accumulation_steps", "plot_train_batches"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise HfSpamError(f"--{name}: expected a positive number, got {getattr(self, name)}")
+        for name in ("learning_rate", "seed", "weight_decay", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise HfSpamError(f"--{name}: expected a number >= 0, got {getattr(self, name)}")
+        if self.max_steps <= 0 and not self.num_train_epochs > 0:
+            raise HfSpamError(f"--num_train_epochs {self.num_train_epochs}: nothing would be trained; expected "
+                              "a positive number of epochs (or --max_steps N)")
+        if self.bf16 and self.fp16:
+            raise HfSpamError("--bf16 and --fp16: choose one")
+        if self.fp16 and not torch.cuda.is_available():
+            raise HfSpamError("--fp16: needs a CUDA GPU, and none is visible here; on a CPU use --bf16")
         super().__post_init__()
+        available = get_available_reporting_integrations()
+        for name in self.report_to:
+            if name not in available:
+                raise HfSpamError(f"--report_to {name}: the {name} package is not installed; pip install "
+                                  f"{name.replace('_', '-')}, or --report_to none")
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, SpamTrainingArguments)
@@ -130,18 +155,19 @@ def config_keys() -> set[str]:
     return {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls) if f.init}
 
 
-def load_config(path: str | Path, _including: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A flat YAML config as a dict, its ``include:`` merged underneath; unknown keys are errors."""
+def load_config(path: str | Path, _including: tuple[Path, ...] = ()) -> dict[str, tuple[Any, Path]]:
+    """A flat YAML config as ``{key: (value, file it came from)}``, its ``include:`` merged underneath;
+    unknown keys are errors."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise HfSpamError(f"{path}: config file not found") from None
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
-        raise HfSpamError(f"{path}: not a readable YAML file ({str(err).splitlines()[0]})") from None
+        raise HfSpamError(f"{path}: not a readable YAML file ({one_line(err)})") from None
     if not isinstance(raw, dict):
         raise HfSpamError(f"{path}: expected a mapping of argument names to values")
-    merged: dict[str, Any] = {}
+    merged: dict[str, tuple[Any, Path]] = {}
     include = raw.pop("include", None)
     if include is not None:
         if not isinstance(include, str) or not include:
@@ -156,7 +182,23 @@ def load_config(path: str | Path, _including: tuple[Path, ...] = ()) -> dict[str
     for key in raw:
         if key not in known:
             raise HfSpamError(f"{path}: unknown key {key!r}; expected an argument of scripts/train.py (see --help)")
-    return {**merged, **{k: v for k, v in raw.items() if v is not None}}
+    return {**merged, **{k: (v, path) for k, v in raw.items() if v is not None}}
+
+
+def _check_config_values(parser: argparse.ArgumentParser, config: dict[str, tuple[Any, Path]]) -> None:
+    """A value the parser would not take names its file and key (argparse would name only the flag)."""
+    actions = {a.dest: a for a in parser._actions  # noqa: SLF001 - argparse keeps no public index of them
+               if f"--{a.dest}" in a.option_strings}
+    for key, (value, path) in config.items():
+        kind = actions[key].type
+        if isinstance(value, bool) and kind is not None and getattr(kind, "__name__", "") != "string_to_bool":
+            raise HfSpamError(f"{path}: {key}: YAML reads {str(value).lower()!r} as a boolean; quote the value "
+                              f"({key}: \"{'yes' if value else 'no'}\")")
+        try:
+            if isinstance(value, str) and callable(kind):
+                kind(value)
+        except (ValueError, TypeError, argparse.ArgumentTypeError):
+            raise HfSpamError(f"{path}: {key}: {value!r} is not a valid value for --{key}") from None
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, SpamTrainingArguments]:
@@ -164,11 +206,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _Parser(ARGUMENT_CLASSES)
     parser.add_argument("--config", default=None, help="YAML file of defaults for any argument below.")
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = _Parser(add_help=False)
     pre.add_argument("--config", default=None)
-    config, _ = pre.parse_known_args(argv)
-    if config.config:
-        parser.set_defaults(**load_config(config.config))
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        config = load_config(known.config)
+        _check_config_values(parser, config)
+        parser.set_defaults(**{key: value for key, (value, _) in config.items()})
     model_args, data_args, training_args, _, rest = parser.parse_args_into_dataclasses(
         args=argv, return_remaining_strings=True)
     if rest:  # flag names only: a mistyped flag's value may be a secret

@@ -46,18 +46,17 @@ def _classifier(args: argparse.Namespace):  # noqa: ANN202 - SpamClassifier, imp
 
 def _lines(path: str) -> Iterator[str]:
     """The lines of a UTF-8 file (``-``: stdin), read lazily; only ``\\n`` ends a line."""
-    if path == "-":
-        sys.stdin.reconfigure(encoding="utf-8", newline="\n")
-    stream = sys.stdin if path == "-" else open(path, encoding="utf-8", newline="\n")  # noqa: SIM115 - closed below
-    number = 0
+    name = "<stdin>" if path == "-" else path
+    stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115 - closed below
     try:
-        for number, line in enumerate(stream, start=1):  # noqa: B007 - read in the error below
-            yield line
-    except UnicodeDecodeError as err:
-        raise HfSpamError(f"{'<stdin>' if path == '-' else path}: not UTF-8 text ({err.reason}) after line {number}") \
-            from None
+        for number, raw in enumerate(stream, start=1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise HfSpamError(f"{name}:{number}: not UTF-8 text ({err.reason} at byte {err.start + 1} of the "
+                                  "line); expected one UTF-8 message per line") from None
     finally:
-        if stream is not sys.stdin:
+        if stream is not sys.stdin.buffer:
             stream.close()
 
 
@@ -69,6 +68,10 @@ def predict(args: argparse.Namespace) -> None:
     if args.file and args.file != "-" and not Path(args.file).is_file():
         what = "is a directory" if Path(args.file).is_dir() else "file not found"
         raise HfSpamError(f"{args.file}: {what}; expected a text file with one message per line")
+    if sys.stdout is None or sys.stdout.closed:
+        raise HfSpamError("stdout is closed; predictions are written there (redirect it to a file)")
+    if not args.texts and args.file in (None, "-") and (sys.stdin is None or sys.stdin.closed):
+        raise HfSpamError("stdin is closed; give messages as arguments, with --file, or on stdin")
     clf = _classifier(args)
     if args.texts:  # texts given as arguments are used exactly as given
         records = iter(clf.predict(args.texts, batch_size=args.batch_size))
@@ -129,11 +132,12 @@ def push(args: argparse.Namespace) -> None:
 
 def sanity(args: argparse.Namespace) -> None:
     from .modeling_gpt import count_parameters
+    from .predict import checked_device
     from .sanity import sanity_report
     from .tokenization import get_encoding
     from .weights import HUB_IDS, hub_id, load_gpt2
 
-    model = load_gpt2(args.model_name_or_path, cache_dir=args.cache_dir).to(args.device)
+    model = load_gpt2(args.model_name_or_path, cache_dir=args.cache_dir).to(checked_device(args.device))
     encoding = get_encoding(args.bpe_dir)
     cfg = model.cfg
     print(f"Model: {args.model_name_or_path} ({count_parameters(model)[1] / 1e6:.1f}M parameters: {cfg.n_layers} "
@@ -219,14 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``hf-spam`` console script (and of the thin scripts in ``scripts/``)."""
     args = build_parser().parse_args(argv)
-    try:
-        with reported_errors():
+    with reported_errors():
+        try:
             args.func(args)
-    except BrokenPipeError:  # the reader went away (`| head`): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
+        except BrokenPipeError:  # the reader went away (`| head`): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -109,6 +109,7 @@ def read_sms_file(path: str | os.PathLike) -> pd.DataFrame:
 
     labels: list[str] = []
     texts: list[str] = []
+    csv.field_size_limit(2**31 - 1)  # a message of any length (cut to the context at tokenization)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t")
     seen_row = False
     last_start = 1  # first line of the last row read

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -33,23 +33,48 @@ def one_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+# A token-like flag (--token, --hub_token, even misspelt) and what a Hugging Face token looks like.
+TOKEN_FLAG = re.compile(r"^--?[\w-]*tok[\w-]*$", re.IGNORECASE)
+TOKEN_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{16,}\b")
+
+
+def hide_secrets(argv: Sequence[str]) -> list[str]:
+    """``argv`` with the value of every token-like flag, and anything shaped like a token, replaced by ``***``:
+    what may be written to a file or printed of a command line."""
+    out = []
+    for i, arg in enumerate(argv):
+        flag, eq, _ = arg.partition("=")
+        if eq and TOKEN_FLAG.match(flag):
+            arg = f"{flag}=***"
+        elif i and TOKEN_FLAG.match(argv[i - 1]) and not arg.startswith("-"):
+            arg = "***"
+        out.append(TOKEN_VALUE.sub("***", arg))
+    return out
+
+
 def without_secrets(text: str) -> str:
-    """``text`` with the value after any token-like flag (``--token``, ``--hub_token``, even misspelt)
-    hidden: for argparse messages that echo the command line (``unrecognized arguments: --tokn hf_...``)."""
-    return re.sub(r"(--?[\w-]*tok[\w-]*)(=|\s+)(?!-)(\S+)", r"\1\2***", text, flags=re.IGNORECASE)
+    """``text`` (a message that may echo a command line) with token values hidden as ``hide_secrets`` does."""
+    return " ".join(hide_secrets(text.split(" ")))
 
 
 @contextmanager
-def reported_errors() -> Iterator[None]:
-    """Turn an ``HfSpamError`` into ``error: ...`` on stderr and exit status 2 (3 when unavailable)."""
+def reported_errors(interrupted: str = "interrupted") -> Iterator[None]:
+    """Errors as one ``error: ...`` line on stderr, never a traceback: bad input exits 2, something that could
+    not be had 3, a file-system failure (read-only, full disk) 1, Ctrl-C 130 with ``interrupted``."""
     try:
         yield
     except HfSpamError as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
+        print(f"error: {without_secrets(one_line(err))}", file=sys.stderr)
         sys.exit(EXIT_UNAVAILABLE if isinstance(err, UnavailableError) else EXIT_BAD_INPUT)
+    except OSError as err:
+        print(f"error: {without_secrets(one_line(err))}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"error: {interrupted}", file=sys.stderr)
+        sys.exit(130)
 
 
-def run_main(main: Callable[[], T]) -> T:
+def run_main(main: Callable[[], T], interrupted: str = "interrupted") -> T:
     """Run a script's ``main`` with ``reported_errors``: a newcomer sees one line, never a traceback."""
-    with reported_errors():
+    with reported_errors(interrupted):
         return main()

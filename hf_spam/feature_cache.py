@@ -183,6 +183,9 @@ def compute_features(model: GPTSpamForSequenceClassification, dataset: datasets.
     })
     cache_file = Path(cache_file)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
+    if cache_file.is_file() and not _readable(cache_file, len(dataset)):
+        logger.warning("%s: damaged frozen-trunk feature cache file; computing it again", cache_file)
+        cache_file.unlink()
     tokens = sum(len(x) for x in dataset["input_ids"])
     chunk = int(min(1024, max(32, TOKENS_PER_CHUNK * len(dataset) / max(1, tokens))))
     was_training = model.training
@@ -199,6 +202,16 @@ def compute_features(model: GPTSpamForSequenceClassification, dataset: datasets.
         model.train(was_training)
         _release_freed_memory()
     return out.with_format("numpy")
+
+
+def _readable(cache_file: Path, rows: int) -> bool:
+    """Whether a cached features file opens and holds ``rows`` complete rows (a kill or a full disk can leave
+    a truncated one)."""
+    try:
+        cached = datasets.Dataset.from_file(str(cache_file))
+        return len(cached) == rows and len(cached[rows - 1][FEATURE_COLUMN]) > 0
+    except Exception:  # pyarrow and datasets raise several types for a damaged file
+        return False
 
 
 class FrozenTrunkSuffix(nn.Module):
@@ -287,8 +300,13 @@ def prepare_cached_training(full_model: GPTSpamForSequenceClassification, tokeni
             key = cache_key(weights_hash, dataset_content_hash(ds), k, dtype, keep_padding)
             files[split] = Path(cache_dir) / f"{split}-{key}.arrow"
             hits.append(files[split].is_file())
-            out[split] = compute_features(full_model, ds, k, files[split], device=device, dtype=dtype,
-                                          keep_padding=keep_padding, desc=f"Frozen-trunk features ({split})")
+            try:
+                out[split] = compute_features(full_model, ds, k, files[split], device=device, dtype=dtype,
+                                              keep_padding=keep_padding, desc=f"Frozen-trunk features ({split})")
+            except OSError as err:  # an unwritable or full cache location: train without the cache
+                logger.warning("Frozen-trunk feature cache not used: cannot write %s (%s)", cache_dir,
+                               err.strerror or type(err).__name__)
+                return None
     size_mb = sum(f.stat().st_size for f in files.values() if f.is_file()) / 2**20
     logger.info("Frozen-trunk feature cache: embeddings + %d %s run once per example (%s) in %.1f s; %.0f MB in %s",
                 k, "blocks" if k < len(full_model.gpt.trf_blocks) else "blocks + final norm + pooling",

@@ -60,6 +60,8 @@ def save_adapter_and_merge(peft_model: PeftModel, adapter_dir: str | os.PathLike
     try:
         # save_embedding_layers=False: the embeddings never train here, and "auto" would ask the Hub.
         peft_model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
+        if adapter_dir.is_symlink():  # replaced, never followed
+            adapter_dir.unlink()
         shutil.rmtree(adapter_dir, ignore_errors=True)
         os.replace(tmp, adapter_dir)
     finally:

@@ -55,7 +55,7 @@ class SpamClassifier:
             raise HfSpamError(f"dtype: unknown value {dtype!r}; expected one of {', '.join(DTYPES)}")
         self.spam_index = next(i for i, v in labels.items() if v.lower() == "spam")
         self.labels, self.encoding = labels, encoding
-        self.device = torch.device(device) if device is not None else PartialState().default_device  # GPU if any
+        self.device = checked_device(device) if device is not None else PartialState().default_device  # GPU if any
         self.dtype = DTYPES[dtype] if dtype else None
         if self.dtype == torch.float16 and self.device.type == "cpu":
             raise HfSpamError("dtype: float16 needs a GPU; use bfloat16 on the CPU")
@@ -168,6 +168,19 @@ class SpamClassifier:
                 chunk = []
         if chunk:
             yield from self.predict(chunk, batch_size, return_text=return_text)
+
+
+def checked_device(name: str | torch.device) -> torch.device:
+    """``name`` as a device that PyTorch can use here, else an error saying so."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise HfSpamError(f"--device {name}: not a device name; expected cpu, cuda, cuda:N or mps") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": hasattr(torch.backends, "mps") and torch.backends.mps.is_available()}
+    if not available.get(device.type, True):
+        raise HfSpamError(f"--device {name}: not available on this machine; use --device cpu")
+    return device
 
 
 def _hub_tokenizer_folder(repo_id: str, revision: str | None) -> str | None:

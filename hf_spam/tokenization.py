@@ -57,7 +57,8 @@ def gpt2_bpe_files(bpe_dir: str | os.PathLike | None = None) -> dict[str, bytes]
         except Exception as err:  # network errors come in many types (requests, OSError, ValueError ...)
             raise UnavailableError(
                 f"could not get GPT-2's BPE files from OpenAI or tiktoken's cache ({type(err).__name__}); "
-                f"offline, pass --bpe_dir or set {BPE_DIR_ENV} to a folder holding encoder.json and vocab.bpe"
+                f"offline, point {BPE_DIR_ENV} (or --bpe_dir where a command has it) at a folder holding encoder.json "
+                "and vocab.bpe"
             ) from None
     files = {}
     for name, hf_name in HF_NAMES.items():

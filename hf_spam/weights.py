@@ -34,10 +34,8 @@ HUB_IDS = {
 }
 # Attention buffers that older transformers saved with GPT-2's weights; they are not parameters.
 OLD_BUFFERS = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)$")
-WEIGHTS_HINT = (
-    "pass --model_name_or_path LOCAL_DIR (a folder with config.json + model.safetensors, or OpenAI's "
-    "hparams.json + model.ckpt.*) or --weights random"
-)
+WEIGHTS_HINT = ("use a local copy instead: a folder with config.json + model.safetensors, or OpenAI's "
+                "hparams.json + model.ckpt.*")
 
 
 def hub_id(name: str) -> str:
@@ -215,7 +213,11 @@ def build_model(model_args: ModelArguments, padded_length: int | None = None,
         torch.manual_seed(seed)
         model = GPTSpamForSequenceClassification(GPTSpamConfig.from_preset(model_args.model_size, **extra))
     else:
-        sizes, state_dict = load_gpt2_state_dict(model_args.model_name_or_path or HUB_IDS[model_args.model_size])
+        try:
+            sizes, state_dict = load_gpt2_state_dict(model_args.model_name_or_path or HUB_IDS[model_args.model_size])
+        except UnavailableError as err:
+            raise UnavailableError(f"{err} (--model_name_or_path LOCAL_DIR), or train from random weights "
+                                   "(--weights random)") from None
         with torch.device("meta"):
             model = GPTSpamForSequenceClassification(GPTSpamConfig(**sizes, **extra))
         del state_dict["out_head.weight"]  # tied to tok_emb in GPT-2; the classifier gets its own head

@@ -6,19 +6,32 @@
 Both runs start from configs/seed.yaml (or --config FILE) plus the flags given (any flag of
 scripts/train.py); LoRA uses rank 16 and peft's lora_alpha 256 (the chapter's alpha 16) unless
 --lora_rank/--lora_alpha say otherwise. Writes OUTPUT_DIR/comparison.md, .json and .png; each run stays
-under OUTPUT_DIR/last_block and OUTPUT_DIR/lora. Rows run like scripts/run_experiments.py's.
+under OUTPUT_DIR/last_block and OUTPUT_DIR/lora (output in .log files beside them). Rows run like
+scripts/run_experiments.py's, a --hub_token among the flags reaching them as HF_TOKEN.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
-from run_experiments import LOG_FILE, ROOT, ROW_FLAGS, Row, check_flags, layers_label, pct, row_settings, run_row
+from run_experiments import (
+    ROOT,
+    ROW_FLAGS,
+    Row,
+    check_flags,
+    layers_label,
+    log_file,
+    output_folder,
+    pct,
+    public,
+    row_settings,
+    run_row,
+    token_to_environment,
+)
 
-from hf_spam.errors import HfSpamError, run_main, without_secrets
+from hf_spam.errors import HfSpamError, hide_secrets, run_main
 from hf_spam.files import atomic_path, write_json, write_text
 from hf_spam.measure import markdown_table
 
@@ -91,17 +104,18 @@ def main(argv: list[str] | None = None) -> None:
     if "--trainable_layers" in flags:
         raise HfSpamError("--trainable_layers: compare_lora trains last_block and lora itself; drop the flag")
     check_flags(flags)
-    out = Path(args.output_dir)
+    flags, env = token_to_environment(flags)
+    out = output_folder(args.output_dir)
     rows = []
     for name, variant in VARIANTS.items():  # the variant first, so that the user's --lora_* flags win
         argv_row = ["--config", args.config, *ROW_FLAGS, *variant, *flags, "--output_dir", str(out / name)]
         rows.append(Row(name, None, argv_row, str(out / name), row_settings(argv_row)))
     for row in rows:
-        print(f"{row.name}: training ({out / row.name / LOG_FILE}) ...", flush=True)
-        if run_row(row).status != "ok":
+        print(f"{row.name}: training ({log_file(row)}) ...", flush=True)
+        if run_row(row, env).status != "ok":
             print(f"    {row.name}: FAILED: {row.reason}", flush=True)
     columns = [c for c in COLUMNS if c != "Peak GPU memory" or any(r.metrics.get("peak_gpu_memory_mb") for r in rows)]
-    shown = without_secrets(" ".join(flags))
+    shown = " ".join(hide_secrets(flags))
     table = markdown_table(columns, [[comparison_row(r)[c] for c in columns] for r in rows])
     write_text(out / "comparison.md", "\n".join([
         "# LoRA vs. training the last block", "",
@@ -110,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         "model (LoRA's matrices included). Wall time is the whole process (start-up, data, training, evaluation, "
         "saving); training time is Trainer's loop. Peak memory is the process's peak resident set size"
         + ("; peak GPU memory is PyTorch's peak allocation." if "Peak GPU memory" in columns else "."), ""]))
-    write_json(out / "comparison.json", {"config": args.config, "flags": shown, "rows": [asdict(r) for r in rows]})
+    write_json(out / "comparison.json", {"config": args.config, "flags": shown, "rows": [public(r) for r in rows]})
     if all(r.status == "ok" for r in rows):
         plot_comparison(rows, out / "comparison.png")
     print(f"\n{table}\n\nWrote {out}/comparison.md, comparison.json" + (", comparison.png" if all(

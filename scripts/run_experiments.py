@@ -8,8 +8,9 @@ Each row file (``NN_name.yaml``) includes the recipe (configs/seed.yaml) and cha
 is parsed first (a bad row fails before hours of training), then trained in its own process (its own
 peak memory; a crashing row cannot take the table down), and its metrics.json collected. Writes
 OUTPUT_DIR/results.md, results.csv and results.json (default runs/experiments[-quick]) after every row;
-each row's run (logs, metrics, plots) stays under OUTPUT_DIR/NAME. Flags not listed in --help go to every
-row's scripts/train.py.
+each row's run (metrics, plots, model) stays under OUTPUT_DIR/NAME and its output in OUTPUT_DIR/NAME.log.
+Flags not listed in --help go to every row's scripts/train.py; a --hub_token among them reaches the rows
+as HF_TOKEN, never on a command line or in a file.
 """
 
 from __future__ import annotations
@@ -25,14 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from hf_spam.arguments import parse_args
-from hf_spam.errors import EXIT_UNAVAILABLE, HfSpamError, run_main, without_secrets
+from hf_spam.errors import EXIT_UNAVAILABLE, HfSpamError, hide_secrets, run_main
 from hf_spam.files import write_json, write_text
 from hf_spam.measure import last_error_line, markdown_table, run_measured
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK_FLAGS = ["--model_size", "tiny", "--weights", "random", "--num_train_epochs", "1"]
-ROW_FLAGS = ["--disable_tqdm", "true"]  # before the user's flags, which may override them
-LOG_FILE, RESULT_FILE = "run.log", "row_result.json"
+# Before the user's flags, which may override them. A row's folder is the runner's: each run replaces it.
+ROW_FLAGS = ["--disable_tqdm", "true", "--overwrite_output_dir", "true"]
+RESULT_FILE = "row_result.json"
 SKIPPED_QUICK_SIZE = "skipped: not run with --quick (the row only changes the model size)"
 TABLE_COLUMNS = ["#", "Experiment", "Model", "Weights", "Trainable token position", "Trainable layers",
                  "Context length", "Training acc", "Validation acc", "Test acc", "Training time", "CPU/GPU", "Notes"]
@@ -79,12 +81,17 @@ def _json(path: Path) -> Any:
         return None
 
 
-def run_row(row: Row) -> Row:
-    """Train one row in a fresh process (output in OUTPUT_DIR/run.log) and collect its results."""
+def log_file(row: Row) -> Path:
+    """Where a row's output goes: beside its folder, which the run itself replaces."""
+    return Path(f"{row.output_dir}.log")
+
+
+def run_row(row: Row, env: dict[str, str] | None = None) -> Row:
+    """Train one row in a fresh process (its output in OUTPUT_DIR/NAME.log) and collect its results."""
     out = Path(row.output_dir)
     (out / "metrics.json").unlink(missing_ok=True)
-    measured = run_measured([sys.executable, str(ROOT / "scripts" / "train.py"), *row.argv], out / LOG_FILE,
-                            env={"HF_DATASETS_DISABLE_PROGRESS_BARS": "1"})
+    measured = run_measured([sys.executable, str(ROOT / "scripts" / "train.py"), *row.argv], log_file(row),
+                            env={"HF_DATASETS_DISABLE_PROGRESS_BARS": "1", **(env or {})})
     row.wall_seconds, row.peak_rss_mb = measured["wall_s"], measured["peak_rss_mb"]
     if measured["status"] == 0 and (metrics := _json(out / "metrics.json")):
         history = _json(out / "log_history.json") or []
@@ -93,10 +100,37 @@ def run_row(row: Row) -> Row:
         row.training_seconds = next((h["train_runtime"] for h in reversed(history) if "train_runtime" in h), None)
         row.padded_length = (_json(out / "config.json") or {}).get("padded_length")
     else:
-        reason = last_error_line(out / LOG_FILE) or f"exit status {measured['status']} (see {out / LOG_FILE})"
+        reason = last_error_line(log_file(row)) or f"exit status {measured['status']} (see {log_file(row)})"
         row.status, row.reason = ("skipped" if measured["status"] == EXIT_UNAVAILABLE else "error"), reason
-    write_json(out / RESULT_FILE, asdict(row))
+    write_json(out / RESULT_FILE, public(row))
     return row
+
+
+def public(row: Row) -> dict[str, Any]:
+    """A row as written to files: its command line without secret values."""
+    return {**asdict(row), "argv": hide_secrets(row.argv)}
+
+
+def token_to_environment(flags: list[str]) -> tuple[list[str], dict[str, str]]:
+    """``--hub_token T`` taken out of the rows' command lines and handed to them as ``HF_TOKEN``, so that no
+    file, log or launcher message of a row shows it."""
+    flags, env = list(flags), {}
+    for i, flag in enumerate(flags):
+        if flag == "--hub_token" and i + 1 < len(flags):
+            env["HF_TOKEN"] = flags.pop(i + 1)
+            flags.pop(i)
+            break
+        if flag.startswith("--hub_token="):
+            env["HF_TOKEN"] = flags.pop(i).split("=", 1)[1]
+            break
+    return flags, env
+
+
+def output_folder(path: str) -> Path:
+    """The runner's output folder, refused when it is a file."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise HfSpamError(f"--output_dir {path}: exists and is not a folder")
+    return Path(path)
 
 
 def context_label(settings: dict[str, Any], padded_length: int | None) -> str:
@@ -153,7 +187,7 @@ def write_results(rows: list[Row], out: Path, *, quick: bool, command: str) -> N
               "feature cache unless run with `--cache_features false`, so their times are not the chapter's loop."]
     write_text(out / "results.md", "\n".join([*header, markdown_table(TABLE_COLUMNS, cells), *footer]) + "\n")
     write_text(out / "results.csv", buffer.getvalue())
-    write_json(out / "results.json", {"quick": quick, "command": command, "rows": [asdict(r) for r in rows]})
+    write_json(out / "results.json", {"quick": quick, "command": command, "rows": [public(r) for r in rows]})
 
 
 def discover(folder: Path, only: list[str] | None) -> list[tuple[int | None, str, Path]]:
@@ -196,9 +230,10 @@ def main(argv: list[str] | None = None) -> None:
     folder = Path(argv.pop(0)) if argv and not argv[0].startswith("-") else ROOT / "configs" / "experiments"
     args, extra = parser.parse_known_args(argv)
     check_flags(extra)
-    out = Path(args.output_dir or ("runs/experiments-quick" if args.quick else "runs/experiments"))
+    extra, env = token_to_environment(extra)
+    out = output_folder(args.output_dir or ("runs/experiments-quick" if args.quick else "runs/experiments"))
     only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
-    command = without_secrets(" ".join(["python scripts/run_experiments.py", *sys.argv[1:]]))
+    command = " ".join(hide_secrets(["python scripts/run_experiments.py", *sys.argv[1:]]))
 
     rows = []  # every row parsed first: a bad row or flag fails here, before any training
     for number, name, path in discover(folder, only):
@@ -221,12 +256,13 @@ def main(argv: list[str] | None = None) -> None:
             pass
         elif row.settings["weights"] == "pretrained" and source in unavailable:
             row.status, row.reason = "skipped", unavailable[source]
-        elif isinstance(previous, dict) and previous.get("status") == "ok" and previous.get("argv") == row.argv:
-            rows[i - 1] = row = Row(**previous)
+        elif isinstance(previous, dict) and previous.get("status") == "ok" and previous.get("argv") == hide_secrets(
+                row.argv):
+            rows[i - 1] = row = Row(**{**previous, "argv": row.argv})
             print(f"[{i}/{len(rows)}] {row.name}: reusing the finished run in {row.output_dir}")
         else:
-            print(f"[{i}/{len(rows)}] {row.name}: training ({Path(row.output_dir) / LOG_FILE}) ...", flush=True)
-            run_row(row)
+            print(f"[{i}/{len(rows)}] {row.name}: training ({log_file(row)}) ...", flush=True)
+            run_row(row, env)
             if row.status == "skipped":
                 unavailable[source] = row.reason
             for weights in [] if args.keep_models else Path(row.output_dir).glob("**/*.safetensors"):
@@ -238,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n" + (out / "results.md").read_text(encoding="utf-8"))
     print(f"Wrote {out}/results.md, results.csv, results.json")
     if failed := [r.name for r in rows if r.status == "error"]:
-        print(f"error: {len(failed)} row(s) failed: {', '.join(failed)} (see their {LOG_FILE})", file=sys.stderr)
+        print(f"error: {len(failed)} row(s) failed: {', '.join(failed)} (see their NAME.log)", file=sys.stderr)
         sys.exit(1)
 
 

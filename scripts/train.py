@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import torch
 from transformers import DataCollatorWithPadding, set_seed
@@ -40,6 +39,7 @@ from hf_spam.training import (
     format_accuracy_table,
     fsdp_enabled,
     logger,
+    prepare_output_dir,
     resume_target,
     run_summary,
     set_trainable_layers,
@@ -55,8 +55,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # 1. Arguments (--config YAML as defaults, flags win), processes, CPU threads, logging, seed.
     configure_processes()
     model_args, data_args, args = parse_args(argv)
-    out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    hub_token, args.hub_token = args.hub_token, None  # pushed with at the end, never pickled into checkpoints
+    out_dir = prepare_output_dir(args)
+    resume = resume_target(args.resume_from_checkpoint, out_dir)
     setup_logging(out_dir, is_main=args.process_index == 0)
     threads = configure_cpu_threads(args.cpu_threads)
     logger.info("%d process(es), %s, %d PyTorch threads each", args.world_size, describe_device(args.device), threads)
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer.add_callback(EpochAccuracyCallback(trainer, data["train"].select(range(n_plot)), data["validation"]))
 
     # 8. Train, or resume a killed run (--resume_from_checkpoint true | CHECKPOINT_FOLDER).
-    result = trainer.train(resume_from_checkpoint=resume_target(args.resume_from_checkpoint))
+    result = trainer.train(resume_from_checkpoint=resume)
 
     # 9. Accuracy, precision, recall, F1 and loss on every example of each split.
     metrics = evaluate_splits(trainer, {split: data[split] for split in ("train", "validation", "test")})
@@ -145,11 +146,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         # 11. Push the finished folder to the Hub (--push_to_hub --hub_model_id NAME).
         if push:
             url = push_folder_to_hub(out_dir, args.hub_model_id, private=bool(args.hub_private_repo),
-                                     token=args.hub_token)
+                                     token=hub_token)
             logger.info("Pushed to %s", url)
     trainer.accelerator.wait_for_everyone()
     return metrics
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, interrupted="interrupted; a run that saved checkpoints continues with --resume_from_checkpoint true")

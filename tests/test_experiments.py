@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from compare_lora import main as compare_lora_main
 from conftest import ROOT
-from run_experiments import LOG_FILE, SKIPPED_QUICK_SIZE, TABLE_COLUMNS, context_label, discover
+from run_experiments import SKIPPED_QUICK_SIZE, TABLE_COLUMNS, context_label, discover
 from run_experiments import main as run_experiments_main
 
 from hf_spam.errors import HfSpamError
@@ -71,9 +71,9 @@ def test_quick_rows_make_the_table(tmp_path, sms_file):
     assert lora["peak_rss_mb"] > 100 and lora["wall_seconds"] > lora["training_seconds"] > 0
     # each row kept its run (metrics, log, adapter config) but not its weights (no --keep_models)
     assert (out / "lora" / "adapter" / "adapter_config.json").is_file()
-    assert (out / "lora" / "metrics.json").is_file() and (out / "lora" / LOG_FILE).is_file()
+    assert (out / "lora" / "metrics.json").is_file() and (out / "lora.log").is_file()
     assert not list(out.glob("**/*.safetensors"))
-    assert not (out / "gpt2_medium" / LOG_FILE).exists()  # skipped without starting a job
+    assert not (out / "gpt2_medium.log").exists()  # skipped without starting a job
 
 
 def test_pretrained_rows_are_skipped_when_the_weights_cannot_be_had(tmp_path, sms_file):
@@ -91,7 +91,7 @@ def test_pretrained_rows_are_skipped_when_the_weights_cannot_be_had(tmp_path, sm
     assert rows[0]["Notes"] == rows[1]["Notes"]
     assert all(r["Test acc"] == "—" and r["Model"] == "gpt2-small (124M)" for r in rows)
     # the first row found the checkpoint missing; the second (same checkpoint) was not started at all
-    assert (out / "last_block" / LOG_FILE).is_file() and not (out / "first_token" / LOG_FILE).exists()
+    assert (out / "last_block.log").is_file() and not (out / "first_token.log").exists()
     assert [r["status"] for r in json.loads((out / "results.json").read_text())["rows"]] == ["skipped", "skipped"]
     assert "last_block: openai-community/gpt2: " in result.stdout
 

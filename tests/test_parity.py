@@ -158,5 +158,6 @@ def test_sanity_check_cli_offline_without_weights(root, tmp_path):
     assert proc.returncode != 0
     assert proc.stdout == "" and "Traceback" not in proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: openai-community/gpt2: ") and "--weights random" in line
+    assert line.startswith("error: openai-community/gpt2: ") and "use a local copy instead" in line
+    assert "--weights" not in line  # a hint names only what the command has
     assert proc.returncode == 3  # something could not be downloaded (not a bad input)

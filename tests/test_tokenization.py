@@ -64,7 +64,7 @@ def test_bad_bpe_folder_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_SPAM_BPE_DIR")
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-cache"))
     monkeypatch.setitem(sys.modules, "requests", None)  # tiktoken's download then fails at once, as offline
-    with pytest.raises(HfSpamError, match="--bpe_dir or set HF_SPAM_BPE_DIR"):
+    with pytest.raises(HfSpamError, match="offline, point HF_SPAM_BPE_DIR"):
         gpt2_bpe_files(None)
 
 

@@ -23,10 +23,11 @@ import torch
 from gpt2_checkpoints import hf_state_dict, write_hf_gpt2, write_openai_tf_gpt2
 from safetensors.torch import load_file, save_file
 
+from hf_spam.arguments import ModelArguments
 from hf_spam.errors import HfSpamError, UnavailableError
 from hf_spam.modeling_gpt import GPTModel, GPTSpamConfig, GPTSpamForSequenceClassification
 from hf_spam.openai_tf import download_openai_gpt2, load_openai_gpt2
-from hf_spam.weights import load_chapter_classifier, load_gpt2, load_gpt2_state_dict, load_hf_gpt2
+from hf_spam.weights import build_model, load_chapter_classifier, load_gpt2, load_gpt2_state_dict, load_hf_gpt2
 
 E, L, H, CTX = 64, 2, 4, 64
 
@@ -252,7 +253,7 @@ def test_tf_checkpoint_without_tensorflow_says_what_to_install(ckpts, monkeypatc
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # what `import tensorflow` sees when it is absent
     with pytest.raises(UnavailableError, match=r'pip install "hf-spam\[tf\]"'):
         load_openai_gpt2(ckpts["tf"])
-    with pytest.raises(UnavailableError, match="--weights random"):
+    with pytest.raises(UnavailableError, match="use a local copy instead"):
         load_gpt2_state_dict(ckpts["tf"])  # what --model_name_or_path TF_DIR does
 
 
@@ -263,7 +264,10 @@ def test_hub_id_offline_without_cache(tmp_path, source):
         load_gpt2_state_dict(source, cache_dir=tmp_path)
     text = str(info.value)
     assert text.startswith("openai-community/gpt2")
-    assert "--weights random" in text and "--model_name_or_path LOCAL_DIR" in text and "\n" not in text
+    assert "use a local copy instead: a folder with config.json" in text and "\n" not in text
+    # through the recipe's model builder, the hint names the training flags
+    with pytest.raises(UnavailableError, match=r"--model_name_or_path LOCAL_DIR.*--weights random"):
+        build_model(ModelArguments(model_name_or_path=source))
 
 
 def fake_hub_cache(cache: Path, repo_id: str, files: dict[str, Path]) -> Path:
@@ -296,7 +300,7 @@ def test_hub_id_offline_from_the_hf_cache(ckpts, tmp_path):
 
     # Neither weights file cached: unavailable, with the way out.
     (snapshot / "pytorch_model.bin").unlink()
-    with pytest.raises(UnavailableError, match=r"^openai-community/gpt2: .*--weights random"):
+    with pytest.raises(UnavailableError, match=r"^openai-community/gpt2: .*use a local copy instead"):
         load_gpt2_state_dict("openai-community/gpt2", cache_dir=cache)
 
 
@@ -356,7 +360,7 @@ def test_download_openai_gpt2_uses_backup_and_cache(ckpts, tmp_path):
     # Cached: no server at all now, still fine.
     assert download_openai_gpt2("124M", tmp_path / "cache", base_urls=bases[:1], progress=False) == folder
     # Not cached and unreachable: the user is told what to do instead.
-    with pytest.raises(UnavailableError, match=r"could not download checkpoint .*--weights random"):
+    with pytest.raises(UnavailableError, match=r"could not download checkpoint .*use a local copy instead"):
         download_openai_gpt2("355M", tmp_path / "cache", base_urls=bases[:1], timeout=2, progress=False)
     assert not any((tmp_path / "cache" / "gpt2-tf" / "355M").iterdir())
 
