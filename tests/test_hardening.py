@@ -88,6 +88,7 @@ def test_a_used_output_folder_is_refused_and_overwritten_without_following_links
         assert not (out / name).is_symlink(), name  # replaced by this run's own file or folder
         assert (target / "keep.txt" if name == "adapter" else target).read_text() == "mine", name
     assert (out / "adapter" / "adapter_config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "outside"]  # nothing staged beside the folder
 
 
 def test_resuming_replaces_a_planted_log_link(tmp_path, sms_file):
