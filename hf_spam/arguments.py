@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +22,20 @@ from transformers import HfArgumentParser, TrainingArguments
 from transformers.integrations import get_available_reporting_integrations
 
 from .errors import HfSpamError, one_line, without_secrets
-from .modeling_gpt import MODEL_PRESETS, POOLING_CHOICES, resolve_model_size
+from .modeling_gpt import MODEL_PRESETS, POOLING_CHOICES, GPTSpamConfig, resolve_model_size
 from .tokenization import PADDING_CHOICES
 
 TRAINABLE_LAYER_CHOICES = ("last_layer", "last_block", "last_two_blocks", "all", "lora")
 WEIGHTS_CHOICES = ("pretrained", "random")
+
+
+def is_trained_classifier(path: str | None) -> bool:
+    """Whether ``path`` (a ``--model_name_or_path``) is a local folder holding a classifier this package saved."""
+    try:
+        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8")) if path else {}
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("model_type") == GPTSpamConfig.model_type
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -72,7 +82,7 @@ class ModelArguments:
             raise HfSpamError(f"--lora_dropout: expected a value in [0, 1), got {self.lora_dropout!r}")
         if not 0.0 <= self.drop_rate < 1.0:
             raise HfSpamError(f"--drop_rate: expected a value in [0, 1), got {self.drop_rate!r}")
-        if self.weights == "random" and self.model_name_or_path:
+        if self.weights == "random" and self.model_name_or_path and not is_trained_classifier(self.model_name_or_path):
             raise HfSpamError("--model_name_or_path: a checkpoint's weights are not used with --weights random; "
                               "drop one of the two")
 
@@ -91,11 +101,16 @@ class DataArguments:
     max_length: int | None = field(default=None, metadata={
         "help": "Override the padded length of longest_train/max_context."})
     write_csv: bool = field(default=False, metadata={"help": "Also write train/validation/test.csv to output_dir."})
+    split_seed: int = field(default=123, metadata={
+        "help": "Seed of the data's sampling, shuffling and split (the chapter's 123); --seed seeds the training."})
 
     def __post_init__(self) -> None:
         _check_choice("padding", self.padding, PADDING_CHOICES)
         if self.max_length is not None and self.max_length < 1:
             raise HfSpamError(f"--max_length: expected a positive number of tokens, got {self.max_length}")
+        if self.max_length is not None and self.padding == "dynamic":
+            raise HfSpamError("--max_length: sets the padded length of --padding longest_train or max_context; with "
+                              "--padding dynamic nothing is padded (texts are cut to the context length)")
 
 
 @dataclass
@@ -111,6 +126,13 @@ class SpamTrainingArguments(TrainingArguments):
     cpu_threads: int | None = field(default=None, metadata={
         "help": "PyTorch threads per process on the CPU (default: all cores, shared fairly between the "
         "processes of this machine; OMP_NUM_THREADS > 1 also counts as a choice)."})
+    do_train: bool = field(default=True, metadata={"help": "Train (false: score the model as it is, e.g. a "
+                                                   "trained folder given as --model_name_or_path)."})
+    do_eval: bool = field(default=True, metadata={"help": "Score every example of each split into metrics.json."})
+    do_predict: bool = field(default=False, metadata={
+        "help": "Write predictions.jsonl for the test split: text, true and predicted label, probabilities."})
+    early_stopping_patience: int | None = field(default=None, metadata={
+        "help": "Stop after this many evaluations without improvement (with --load_best_model_at_end true)."})
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "Replace what an earlier run left in output_dir (otherwise a used folder is refused, unless "
         "--resume_from_checkpoint continues that run)."})
@@ -128,11 +150,21 @@ class SpamTrainingArguments(TrainingArguments):
         if self.max_steps <= 0 and not self.num_train_epochs > 0:
             raise HfSpamError(f"--num_train_epochs {self.num_train_epochs}: nothing would be trained; expected "
                               "a positive number of epochs (or --max_steps N)")
+        if self.early_stopping_patience is not None and not (self.early_stopping_patience >= 1
+                                                             and self.load_best_model_at_end):
+            raise HfSpamError("--early_stopping_patience: expected a positive number, with --load_best_model_at_end "
+                              "true (and save and evaluation at the same steps)")
+        if self.push_to_hub and self.hub_strategy != "end":
+            raise HfSpamError(f"--hub_strategy {self.hub_strategy}: not supported; the finished model folder is "
+                              "pushed once, at the end (--hub_strategy end)")
         if self.bf16 and self.fp16:
             raise HfSpamError("--bf16 and --fp16: choose one")
         if self.fp16 and not torch.cuda.is_available():
             raise HfSpamError("--fp16: needs a CUDA GPU, and none is visible here; on a CPU use --bf16")
-        super().__post_init__()
+        try:
+            super().__post_init__()
+        except ValueError as err:  # transformers' own checks (strategies that must match ...)
+            raise HfSpamError(one_line(err)) from None
         available = get_available_reporting_integrations()
         for name in self.report_to:
             if name not in available:

@@ -236,6 +236,10 @@ class FrozenTrunkSuffix(nn.Module):
         self.gpt.trf_blocks, self.gpt.final_norm, self.gpt.out_head = (blocks, full_model.gpt.final_norm,
                                                                        full_model.gpt.out_head)
 
+    def activation_checkpointing_enable(self, **kwargs: Any) -> None:
+        """``--gradient_checkpointing``: the trainable blocks run inside the full model's ``run_blocks``."""
+        self.full_model.activation_checkpointing_enable(**kwargs)
+
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, length: torch.Tensor | None = None) -> SequenceClassifierOutput:
         """``hidden_states``: cached ``[b, t, d]`` block outputs (``[b, d]`` pooled for ``last_layer``).

@@ -26,7 +26,9 @@ from .files import is_hub_id, write_json
 from .tokenization import build_hf_tokenizer, save_hf_tokenizer
 
 CARD_TEMPLATE = Path(__file__).with_name("model_card.md")
-HUB_DATASET_ID = "ucirvine/sms_spam"  # the Hub's copy of the UCI collection
+# Two messages to try on the model's Hub page (made up for the card, not taken from any data set).
+WIDGET = [{"text": "Congratulations! You have won a free cruise. Text WIN to 80085 to claim your prize now."},
+          {"text": "Running late, see you at the station at 6?"}]
 WEIGHT_FILES = ("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json")
 # Never uploaded: Trainer checkpoints (optimizer state, pickled arguments), logs, hidden and temporary files.
 UPLOAD_IGNORE = ["checkpoint-*/", "runs/", ".*", "*/.*", "*.log", "*.tmp", "training_args.bin", "*/training_args.bin"]
@@ -42,13 +44,14 @@ def model_card(config: Any, metrics: dict[str, Any], settings: dict[str, Any], i
     ``recipe`` and ``splits``; ``settings`` is an allow-listed summary of the training arguments.
     """
     base_model = info.get("base_model") if is_hub_id(info.get("base_model")) else None
-    evals = [EvalResult(task_type="text-classification", dataset_type=HUB_DATASET_ID, dataset_split="test",
-                        dataset_name="SMS Spam Collection (UCI)", metric_type=key, metric_name=name,
-                        metric_value=round(metrics[f"test_{key}"], 6))
+    # The data came from UCI's file, not from a Hub dataset: the test split named here is the recipe's own.
+    evals = [EvalResult(task_type="text-classification", dataset_type="uci-sms-spam-collection", dataset_split="test",
+                        dataset_name="SMS Spam Collection v.1 (UCI), the recipe's test split", metric_type=key,
+                        metric_name=name, metric_value=round(metrics[f"test_{key}"], 6))
              for key, name in METRIC_NAMES.items() if isinstance(metrics.get(f"test_{key}"), (int, float))]
     data = ModelCardData(
-        base_model=base_model, datasets=[HUB_DATASET_ID], language=["en"], library_name="transformers",
-        license="apache-2.0", pipeline_tag="text-classification", model_name=model_name, eval_results=evals or None,
+        base_model=base_model, language=["en"], library_name="transformers", license="apache-2.0",
+        pipeline_tag="text-classification", model_name=model_name, eval_results=evals or None, widget=WIDGET,
         tags=["text-classification", "spam-detection", "gpt2", "hf-spam", "llms-from-scratch"])
     results = [[split, *(f"{metrics[f'{split}_{k}'] * 100:.2f}%" if f"{split}_{k}" in metrics else ""
                          for k in METRIC_NAMES), str(metrics.get(f"{split}_examples", ""))]
@@ -133,8 +136,10 @@ def check_model_folder(folder: str | os.PathLike) -> Path:
 
 
 def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool = False, token: str | None = None,
+                       revision: str | None = None,
                        commit_message: str = "Upload GPT spam classifier (hf-spam)") -> str:
-    """Upload a saved model folder to the Hub model repo ``repo_id`` (created if needed); returns its URL.
+    """Upload a saved model folder to the Hub model repo ``repo_id`` (created if needed) on branch ``revision``
+    (created if needed; default ``main``); returns the repo's URL.
 
     The token is ``token``, else ``$HF_TOKEN``, else the saved login. Bad input is an ``HfSpamError``; a
     Hub or network failure an ``UnavailableError``; neither message ever holds the token.
@@ -150,8 +155,10 @@ def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool
     api = HfApi(token=token or None)
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision:
+            api.create_branch(url.repo_id, branch=revision, exist_ok=True)
         api.upload_folder(repo_id=url.repo_id, folder_path=str(path), commit_message=commit_message,
-                          ignore_patterns=UPLOAD_IGNORE)
+                          ignore_patterns=UPLOAD_IGNORE, revision=revision)
     except Exception as err:  # huggingface_hub and httpx raise many types: all become one line
         message = f"push of {path.name} to {repo_id} failed: {_hub_failure(err, repo_id)}"
         raise UnavailableError(message.replace(secret, "***") if secret else message) from None

@@ -50,16 +50,20 @@ def apply_lora(model: GPTSpamForSequenceClassification, rank: int = 16, alpha: f
 
 def save_adapter_and_merge(peft_model: PeftModel, adapter_dir: str | os.PathLike) -> GPTSpamForSequenceClassification:
     """Save the adapter in peft's format (``adapter_config.json`` + ``adapter_model.safetensors``, head
-    included) to ``adapter_dir``, and return a plain classifier with the update merged into its weights.
+    included) to ``adapter_dir`` with its base model in ``adapter_dir/base`` (a model folder with remote
+    code, so plain peft loads the pair: ``PeftModel.from_pretrained(AutoModelForSequenceClassification
+    .from_pretrained(BASE, trust_remote_code=True), ADAPTER)``), and return a plain classifier with the update
+    merged into its weights.
 
     Written to a temporary folder beside ``adapter_dir`` and renamed, so a kill never leaves half an
-    adapter; ``peft_model`` itself is left as it was (merging works on a copy).
+    adapter; ``peft_model`` itself is left as it was (merging and unloading work on copies).
     """
     adapter_dir = Path(adapter_dir)
     tmp = Path(tempfile.mkdtemp(dir=adapter_dir.parent, prefix=f".{adapter_dir.name}."))
     try:
         # save_embedding_layers=False: the embeddings never train here, and "auto" would ask the Hub.
         peft_model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
+        copy.deepcopy(peft_model).unload().save_pretrained(tmp / "base")  # the head is the adapter's anyway
         if adapter_dir.is_symlink():  # replaced, never followed
             adapter_dir.unlink()
         shutil.rmtree(adapter_dir, ignore_errors=True)

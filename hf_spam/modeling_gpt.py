@@ -268,6 +268,7 @@ class GPTModel(nn.Module):
         self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg.n_layers)])
         self.final_norm = LayerNorm(cfg.emb_dim, cfg.layer_norm_eps)
         self.out_head = nn.Linear(cfg.emb_dim, out_dim or cfg.vocab_size, bias=out_bias)
+        self.gradient_checkpointing = False  # set by transformers' gradient_checkpointing_enable()
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Token + position embeddings (with embedding dropout)."""
@@ -286,10 +287,14 @@ class GPTModel(nn.Module):
         start: int = 0,
         end: int | None = None,
     ) -> torch.Tensor:
-        """Run blocks ``start..end-1`` on hidden states ``x``."""
+        """Run blocks ``start..end-1`` on hidden states ``x`` (recomputing each block's activations in the
+        backward pass instead of keeping them, under gradient checkpointing)."""
         attn_mask = build_attention_mask(attention_mask, x.shape[1], self.cfg.causal, x.dtype)
         for block in self.trf_blocks[start:end]:
-            x = block(x, attn_mask)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = self._gradient_checkpointing_func(block.__call__, x, attn_mask)
+            else:
+                x = block(x, attn_mask)
         return x
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -330,7 +335,7 @@ class GPTSpamPreTrainedModel(PreTrainedModel):
 
     config_class = GPTSpamConfig
     base_model_prefix = "gpt"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
     _no_split_modules = ["TransformerBlock"]
     _supports_sdpa = True
 
@@ -418,6 +423,27 @@ class GPTSpamForSequenceClassification(GPTSpamPreTrainedModel):
         pooled = self.gpt.trf_blocks[n - 1].forward_at(hidden, index, key_mask)
         return self.gpt.out_head(self.gpt.final_norm(pooled))
 
+    def trained_shape(self, input_ids: torch.Tensor,
+                      attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The inputs as training saw them, so that a model predicts the same however it is called (a pipeline
+        with default arguments, a tokenizer padding to the batch's longest text): texts are cut to the padded
+        length of training (else the context), like the chapter's ``classify_review``; with ``last`` pooling,
+        which reads a padded position, they are right-padded to that length; an empty text is one
+        ``<|endoftext|>`` token. Inputs already in that shape (training batches) pass unchanged."""
+        b, t = input_ids.shape
+        length = min(int(getattr(self.config, "padded_length", None) or self.config.context_length),
+                     self.config.context_length)
+        if t == 0:  # nothing to read: classify the padding token itself, as a real token
+            return input_ids.new_full((b, 1), self.config.pad_token_id), input_ids.new_ones((b, 1))
+        if t > length:
+            input_ids = input_ids[:, :length]
+            attention_mask = attention_mask[:, :length] if attention_mask is not None else None
+        elif t < length and self.config.pooling == "last" and getattr(self.config, "padded_length", None):
+            mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+            input_ids = F.pad(input_ids, (0, length - t), value=self.config.pad_token_id)
+            attention_mask = F.pad(mask, (0, length - t), value=0)
+        return input_ids, attention_mask
+
     def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
         if labels is None:
             return None
@@ -436,6 +462,8 @@ class GPTSpamForSequenceClassification(GPTSpamPreTrainedModel):
     ) -> SequenceClassifierOutput:
         # output_attentions/output_hidden_states/return_dict are accepted because peft's
         # sequence-classification wrapper passes them; this model always returns a ModelOutput.
+        if input_ids is not None and inputs_embeds is None:
+            input_ids, attention_mask = self.trained_shape(input_ids, attention_mask)
         if inputs_embeds is not None:
             pos = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)
             x = self.gpt.drop_emb(inputs_embeds + self.gpt.pos_emb(pos))

@@ -17,12 +17,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from .arguments import DataArguments, ModelArguments
 from .errors import HfSpamError
+from .files import write_text
 from .metrics import compute_spam_metrics
 
 logger = logging.getLogger("hf_spam")
@@ -184,16 +186,30 @@ def trainer_compute_metrics(eval_pred: Any) -> dict[str, float]:
     return compute_spam_metrics(logits.argmax(axis=-1), eval_pred.label_ids)
 
 
-def evaluate_splits(trainer: Trainer, splits: dict[str, Any]) -> dict[str, float]:
-    """Accuracy, precision, recall, F1 and loss on every example of each split, and how many were scored
-    (each exactly once, also with several processes: ``Trainer.predict`` gathers with ``gather_for_metrics``)."""
+def evaluate_splits(trainer: Trainer, splits: dict[str, Any]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Accuracy, precision, recall, F1 and loss on every example of each split, how many were scored (each
+    exactly once, also with several processes: ``Trainer.predict`` gathers with ``gather_for_metrics``), and
+    the logits per split, in the split's order."""
     out: dict[str, float] = {}
+    logits = {}
     for name, ds in splits.items():
         result = trainer.predict(ds, metric_key_prefix=name)
         out.update({k: float(v) for k, v in result.metrics.items()
                     if k.rsplit("_", 1)[-1] in ("accuracy", "precision", "recall", "f1", "loss")})
         out[f"{name}_examples"] = int(len(result.label_ids))
-    return out
+        logits[name] = result.predictions[0] if isinstance(result.predictions, tuple) else result.predictions
+    return out, logits
+
+
+def write_predictions(path: Path, texts: list[str], labels: list[int], logits: np.ndarray,
+                      id2label: dict[int, str]) -> Path:
+    """``predictions.jsonl``: per example its text, true and predicted label, and each label's probability."""
+    probabilities = torch.softmax(torch.as_tensor(logits, dtype=torch.float32), dim=-1).tolist()
+    names = [id2label[i] for i in range(len(id2label))]
+    lines = [json.dumps({"text": text, "label": names[label], "predicted": names[max(range(len(p)), key=p.__getitem__)],
+                         "probabilities": dict(zip(names, p))}, ensure_ascii=False)
+             for text, label, p in zip(texts, labels, probabilities)]
+    return write_text(path, "".join(line + "\n" for line in lines))
 
 
 def format_accuracy_table(metrics: dict[str, float]) -> str:

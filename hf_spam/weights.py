@@ -20,7 +20,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
-from .arguments import ModelArguments
+from .arguments import ModelArguments, is_trained_classifier
 from .errors import HfSpamError, UnavailableError, one_line
 from .files import is_hub_id
 from .modeling_gpt import GPTModel, GPTSpamConfig, GPTSpamForSequenceClassification, resolve_model_size
@@ -202,11 +202,14 @@ def load_gpt2(source: str | os.PathLike, **kwargs: Any) -> GPTModel:
 def build_model(model_args: ModelArguments, padded_length: int | None = None,
                 seed: int = 123) -> GPTSpamForSequenceClassification:
     """The classifier the recipe trains: GPT-2's weights (or random ones) and a new 2-way ``out_head``
-    created right after ``torch.manual_seed(123)``, like the chapter.
+    created right after ``torch.manual_seed(seed)`` (the chapter's 123), or a classifier folder this recipe
+    saved (``--model_name_or_path TRAINED_DIR``), as it was trained.
 
     ``config.padded_length`` is the fixed length of the training inputs, if any: prediction with ``last``
     pooling pads to it. (Not ``max_length``: transformers treats that name as a generation setting.)
     """
+    if is_trained_classifier(model_args.model_name_or_path):  # a folder this recipe wrote: as it was trained
+        return GPTSpamForSequenceClassification.from_pretrained(model_args.model_name_or_path)
     extra = {"pooling": model_args.pooling, "drop_rate": model_args.drop_rate,
              "causal": not model_args.disable_causal_mask, "padded_length": padded_length}
     if model_args.weights == "random":

@@ -16,9 +16,9 @@ import math
 import time
 
 import torch
-from transformers import DataCollatorWithPadding, set_seed
+from transformers import DataCollatorWithPadding, EarlyStoppingCallback, set_seed
 
-from hf_spam.arguments import parse_args
+from hf_spam.arguments import is_trained_classifier, parse_args
 from hf_spam.data import load_sms_spam, write_splits_csv
 from hf_spam.errors import HfSpamError, run_main
 from hf_spam.feature_cache import prepare_cached_training
@@ -45,6 +45,7 @@ from hf_spam.training import (
     set_trainable_layers,
     setup_logging,
     trainer_compute_metrics,
+    write_predictions,
 )
 from hf_spam.weights import HUB_IDS, build_model
 
@@ -69,24 +70,30 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     set_seed(args.seed)
 
     # 2. Data: the SMS Spam Collection, balanced and split 70/10/20 like the chapter (1,045 / 149 / 300 rows).
-    raw = load_sms_spam(data_args.data_file, cache=data_args.data_cache_dir, balanced=not data_args.natural_balance)
+    raw = load_sms_spam(data_args.data_file, cache=data_args.data_cache_dir, balanced=not data_args.natural_balance,
+                        seed=data_args.split_seed)
     if data_args.write_csv and args.process_index == 0:
         write_splits_csv(raw, out_dir)
 
-    # 3. Model: GPT-2's weights in the chapter's GPTModel, a new 2-way head created after seed 123.
-    model = build_model(model_args)
+    # 3. Model: GPT-2's weights in the chapter's GPTModel and a new 2-way head created after seeding with --seed
+    #    (the chapter's 123), or a classifier folder trained before (--model_name_or_path TRAINED_DIR).
+    model = build_model(model_args, seed=args.seed)
+    trained = is_trained_classifier(model_args.model_name_or_path)
 
-    # 4. Tokenize with tiktoken's GPT-2 encoding, padded to the longest training text (or per batch).
-    tokenized, model.config.padded_length = tokenize_splits(  # stored: prediction pads `last` pooling alike
-        raw, padding=data_args.padding, context_length=model.config.context_length, bpe_dir=model_args.bpe_dir,
-        max_length=data_args.max_length)
+    # 4. Tokenize with tiktoken's GPT-2 encoding, padded to the longest training text (or per batch); a trained
+    #    folder is fed texts of the length it was trained on.
+    padding, max_length = (("longest_train", model.config.padded_length) if trained and model.config.padded_length
+                           else (data_args.padding, data_args.max_length))
+    tokenized, length = tokenize_splits(raw, padding=padding, context_length=model.config.context_length,
+                                        bpe_dir=model_args.bpe_dir, max_length=max_length)
+    if not trained:
+        model.config.padded_length = length  # prediction pads `last` pooling to it, as training did
     tokenized = tokenized.rename_column("label", "labels").remove_columns(["text"])
     tokenizer = build_hf_tokenizer(model_args.bpe_dir)  # the same ids: pads batches, ships with the model
-    logger.info("Data: %s; padding %s (length %s)", {k: len(v) for k, v in tokenized.items()}, data_args.padding,
-                model.config.padded_length)
+    logger.info("Data: %s; padding %s (length %s)", {k: len(v) for k, v in tokenized.items()}, padding, length)
 
     # 5. What trains: the chapter's freezing choices, or LoRA adapters through peft.
-    lora = model_args.trainable_layers == "lora"
+    lora = model_args.trainable_layers == "lora" and args.do_train
     set_trainable_layers(model, model_args.trainable_layers)
     train_model = apply_lora(model, model_args.lora_rank, model_args.lora_alpha, model_args.lora_dropout) if lora \
         else model
@@ -99,55 +106,71 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     data, collator = tokenized, DataCollatorWithPadding(tokenizer)
     if fsdp and args.cache_features:
         logger.info("Frozen-trunk feature cache not used: FSDP shards the trunk it would run on one device")
-    cached = None if lora or fsdp or not args.cache_features else prepare_cached_training(
+    cached = None if lora or fsdp or not (args.cache_features and args.do_train) else prepare_cached_training(
         model, tokenized, trainable_layers=model_args.trainable_layers, padding=data_args.padding,
         training_args=args, cache_dir=cache_dir(data_args.data_cache_dir) / "features")
     if cached is not None:
         train_model, data, collator = cached.model, cached.datasets, cached.collator
 
-    # 7. Trainer, plus the chapter's per-epoch accuracy (a few training batches and the validation set).
+    # 7. Trainer, plus the chapter's per-epoch accuracy (a few training batches and the validation set) and,
+    #    with --early_stopping_patience, transformers' early stopping.
     trainer = SpamTrainer(model=train_model, args=args, train_dataset=data["train"], eval_dataset=data["validation"],
                           data_collator=collator, compute_metrics=trainer_compute_metrics,
                           callbacks=[HistoryLogCallback()])
     n_plot = min(len(data["train"]), args.plot_train_batches * args.per_device_train_batch_size)
     trainer.add_callback(EpochAccuracyCallback(trainer, data["train"].select(range(n_plot)), data["validation"]))
+    if args.early_stopping_patience:
+        trainer.add_callback(EarlyStoppingCallback(args.early_stopping_patience))
 
-    # 8. Train, or resume a killed run (--resume_from_checkpoint true | CHECKPOINT_FOLDER).
-    result = trainer.train(resume_from_checkpoint=resume)
+    # 8. Train, or resume a killed run (--resume_from_checkpoint true | CHECKPOINT_FOLDER); the best checkpoint's
+    #    weights at the end with --load_best_model_at_end.
+    result = trainer.train(resume_from_checkpoint=resume) if args.do_train else None
 
-    # 9. Accuracy, precision, recall, F1 and loss on every example of each split.
-    metrics = evaluate_splits(trainer, {split: data[split] for split in ("train", "validation", "test")})
-    metrics.update(training_loss=result.training_loss, train_runtime_seconds=time.time() - started,
-                   trainable_parameters=trainable, total_parameters=total, device=str(args.device),
-                   device_name=describe_device(args.device), cpu_threads=threads, num_processes=args.world_size)
+    # 9. Accuracy, precision, recall, F1 and loss on every example of each split (--do_eval), and the test
+    #    split's predictions (--do_predict).
+    splits = [s for s in ("train", "validation", "test") if args.do_eval or (args.do_predict and s == "test")]
+    metrics, logits = evaluate_splits(trainer, {split: data[split] for split in splits})
+    metrics.update(train_runtime_seconds=time.time() - started, trainable_parameters=trainable,
+                   total_parameters=total, device=str(args.device), device_name=describe_device(args.device),
+                   cpu_threads=threads, num_processes=args.world_size)
+    if result is not None:
+        metrics["training_loss"] = result.training_loss
     if torch.cuda.is_available():
         metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
 
     # 10. Save (main process): the model folder with its card and metrics, the log history, the plots.
-    state_dict = trainer.accelerator.get_state_dict(trainer.model) if fsdp else None  # every rank gathers
+    state_dict = trainer.accelerator.get_state_dict(trainer.model) if fsdp and args.do_train else None  # all ranks
     if trainer.is_world_process_zero():
-        print(format_accuracy_table(metrics))
-        write_json(out_dir / "log_history.json", trainer.state.log_history)
-        final = save_adapter_and_merge(train_model, out_dir / "adapter") if lora else model
-        pretrained = model_args.weights == "pretrained"
-        save_model_folder(final, out_dir, metrics=metrics, settings=run_summary(model_args, data_args, args),
-                          tokenizer=tokenizer, state_dict=state_dict, info={
-                              "base_model": (model_args.model_name_or_path or HUB_IDS[model_args.model_size])
-                              if pretrained else None,
-                              "weights": model_args.weights, "model_size": model_args.model_size,
-                              "repo_id": args.hub_model_id, "splits": {k: len(v) for k, v in raw.items()},
-                              "recipe": "natural balance, stratified 70/10/20" if data_args.natural_balance
-                              else "balanced (747 ham + 747 spam, seed 123), shuffled, split 70/10/20"})
-        examples_per_step = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
-        plot_history(trainer.state.log_history, examples_per_step,
-                     math.floor(len(data["train"]) / examples_per_step) or 1, out_dir)
-        logger.info("Saved model, metrics and plots to %s (%.1f s)", out_dir, time.time() - started)
+        if args.do_eval:
+            print(format_accuracy_table(metrics))
+        if args.do_predict:
+            write_predictions(out_dir / "predictions.jsonl", raw["test"]["text"], raw["test"]["label"],
+                              logits["test"], model.config.id2label)
+        if not args.do_train:
+            write_json(out_dir / "metrics.json", metrics)
+            logger.info("Scored %s; metrics in %s", model_args.model_name_or_path or "the model", out_dir)
+        else:
+            write_json(out_dir / "log_history.json", trainer.state.log_history)
+            final = save_adapter_and_merge(train_model, out_dir / "adapter") if lora else model
+            pretrained = model_args.weights == "pretrained"
+            save_model_folder(final, out_dir, metrics=metrics, settings=run_summary(model_args, data_args, args),
+                              tokenizer=tokenizer, state_dict=state_dict, info={
+                                  "base_model": (model_args.model_name_or_path or HUB_IDS[model_args.model_size])
+                                  if pretrained else None,
+                                  "weights": model_args.weights, "model_size": model_args.model_size,
+                                  "repo_id": args.hub_model_id, "splits": {k: len(v) for k, v in raw.items()},
+                                  "recipe": "natural balance, stratified 70/10/20" if data_args.natural_balance
+                                  else "balanced (747 ham + 747 spam), shuffled, split 70/10/20"})
+            examples_per_step = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
+            plot_history(trainer.state.log_history, examples_per_step,
+                         math.floor(len(data["train"]) / examples_per_step) or 1, out_dir)
+            logger.info("Saved model, metrics and plots to %s (%.1f s)", out_dir, time.time() - started)
 
-        # 11. Push the finished folder to the Hub (--push_to_hub --hub_model_id NAME).
-        if push:
-            url = push_folder_to_hub(out_dir, args.hub_model_id, private=bool(args.hub_private_repo),
-                                     token=hub_token)
-            logger.info("Pushed to %s", url)
+            # 11. Push the finished folder to the Hub (--push_to_hub --hub_model_id NAME [--hub_revision BRANCH]).
+            if push:
+                url = push_folder_to_hub(out_dir, args.hub_model_id, private=bool(args.hub_private_repo),
+                                         token=hub_token, revision=args.hub_revision)
+                logger.info("Pushed to %s", url)
     trainer.accelerator.wait_for_everyone()
     return metrics
 

@@ -122,7 +122,8 @@ def test_model_card_front_matter_and_body(saved: dict) -> None:
     meta = front_matter(readme)
     assert meta["library_name"] == "transformers" and meta["license"] == "apache-2.0"
     assert meta["pipeline_tag"] == "text-classification"
-    assert meta["datasets"] == ["ucirvine/sms_spam"] and "spam-detection" in meta["tags"]
+    assert "datasets" not in meta and "spam-detection" in meta["tags"]  # the data came from UCI, not the Hub
+    assert [w["text"][:15] for w in meta["widget"]] == ["Congratulations", "Running late, s"]
     assert "base_model" not in meta  # the card said: not from a Hub checkpoint
     (entry,) = meta["model-index"]
     (result,) = entry["results"]
@@ -143,8 +144,8 @@ def test_card_base_model_only_for_hub_ids(tmp_path: Path, bpe_dir: Path) -> None
     meta = front_matter((hub / "README.md").read_text())
     assert meta["base_model"] == "openai-community/gpt2"
     readme = (hub / "README.md").read_text()
-    # `last` pooling on a padded length: the usage snippet pads like training did.
-    assert 'padding="max_length", truncation=True, max_length=120' in readme
+    # `last` pooling on a padded length: the model pads itself, the usage snippet needs no padding arguments.
+    assert "the model pads\n(and cuts) its inputs to that length itself" in readme and "max_length=" not in readme
     local = save_model_folder(model, tmp_path / "b", info={"base_model": str(tmp_path / "a")}, bpe_dir=bpe_dir)
     readme = (local / "README.md").read_text()
     assert "base_model" not in front_matter(readme) and str(tmp_path) not in readme
