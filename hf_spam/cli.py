@@ -2,14 +2,16 @@
 
     hf-spam predict --model FOLDER_OR_ID "text" ...        # or --file messages.txt, or stdin
     hf-spam evaluate --model FOLDER [--data_file F | --labelled_file F] [--output_dir DIR]
+    hf-spam export --model FOLDER --output FILE.onnx [--quantize int8]
+    hf-spam serve --model FOLDER [--host 127.0.0.1 --port 8000 --backend torch|onnx]
     hf-spam push FOLDER --repo_id NAME [--private]
     hf-spam sanity [--model_name_or_path gpt2]
     hf-spam prepare-data [--data_file F] [--output_dir data]
 
 Training is ``scripts/train.py``. ``predict`` writes one JSON line per message, in input order, as it
 goes. Errors are one ``error: ...`` line: exit status 2 for bad input, 3 when something cannot be
-downloaded or the Hub refuses (1 when the chapter's sanity check fails). Each command imports the
-heavy libraries it needs (torch, datasets, matplotlib) when it runs, so ``hf-spam --help`` is instant.
+downloaded or the Hub refuses (1 when the chapter's sanity check fails). Each command imports what only
+it needs (datasets, matplotlib, onnxruntime, the web server) when it runs.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
+
+from transformers.utils import logging as hf_logging
 
 from . import __version__
 from .errors import HfSpamError, reported_errors, without_secrets
@@ -35,11 +39,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _classifier(args: argparse.Namespace):  # noqa: ANN202 - SpamClassifier, imported with torch on use
-    from transformers.utils import logging as hf_logging
-
     from .predict import SpamClassifier
 
-    hf_logging.disable_progress_bar()  # stderr is for errors; stdout is the JSON lines
     return SpamClassifier.from_pretrained(args.model, device=args.device, dtype="bfloat16" if args.bf16 else None,
                                           trust_remote_code=args.trust_remote_code)
 
@@ -123,6 +124,48 @@ def evaluate(args: argparse.Namespace) -> None:
         print(f"Wrote {out / 'eval_metrics.json'} and {out / 'confusion_matrix.png'}")
 
 
+def export(args: argparse.Namespace) -> None:
+    from .data import load_sms_spam
+    from .export import OnnxClassifier, export_onnx, quantize_int8
+    from .metrics import compute_spam_metrics
+
+    test = load_sms_spam(args.data_file, cache=args.cache_dir)["test"]
+    texts, truth = list(test["text"]), list(test["label"])
+    report = export_onnx(args.model, args.output, texts[: args.check_texts])
+    print(f"Exported {report['file']} ({report['bytes'] / 2**20:.1f} MiB); onnxruntime vs PyTorch on "
+          f"{report['texts']} test texts: max |logit difference| {report['max_abs_diff']:.2g} (<= 1e-4)")
+    if args.quantize == "int8":
+        int8 = Path(args.output).with_name(Path(args.output).stem + "-int8.onnx")
+        quantize_int8(args.output, int8)
+        print(f"Quantised {int8} ({int8.stat().st_size / 2**20:.1f} MiB); accuracy on the test split "
+              f"({len(texts)} texts):")
+        for name, path in (("float32", args.output), ("int8", int8)):
+            clf = OnnxClassifier(path, args.model)
+            predicted = [int(r["label"] == clf.labels[clf.spam_index]) for r in clf.predict(texts, return_text=False)]
+            print(f"  {name:<8} {compute_spam_metrics(predicted, truth)['accuracy'] * 100:6.2f}%")
+
+
+def serve(args: argparse.Namespace) -> None:
+    from .serve import Limits, serve
+
+    if args.backend == "onnx":
+        from .export import OnnxClassifier
+
+        onnx_file = Path(args.onnx_file or Path(args.model) / "model.onnx")
+        if not onnx_file.is_file():
+            raise HfSpamError(f"{onnx_file}: no ONNX file; export one first: hf-spam export --model {args.model} "
+                              f"--output {onnx_file}")
+        classifier = OnnxClassifier(onnx_file, args.model)
+    else:
+        classifier = _classifier(args)
+    limits = Limits(args.max_batch_size, args.max_wait_ms, args.max_queue, args.max_texts_per_request,
+                    args.max_chars_per_request)
+    if min(args.max_batch_size, args.max_queue, args.max_texts_per_request, args.max_chars_per_request) < 1 \
+            or args.max_wait_ms < 0:
+        raise HfSpamError("serve: the batch, queue and request limits must be positive (and --max_wait_ms >= 0)")
+    serve(classifier, limits, args.host, args.port, args.backend)
+
+
 def push(args: argparse.Namespace) -> None:
     from .hub import push_folder_to_hub
 
@@ -191,6 +234,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_dir", help="write eval_metrics.json and confusion_matrix.png here")
     p.set_defaults(func=evaluate)
 
+    p = sub.add_parser("export", help="export a model folder to ONNX, checked with onnxruntime",
+                       description="Export a trained folder to one ONNX graph (trunk, pooling, head; dynamic batch and "
+                       "sequence axes, inputs shaped as in training) and check onnxruntime's logits against "
+                       "PyTorch's on test texts. Needs the onnx extra.")
+    p.add_argument("--model", required=True, help="model folder written by training")
+    p.add_argument("--output", required=True, help="the ONNX file to write (FILE.onnx)")
+    p.add_argument("--quantize", choices=["int8"], help="also write FILE-int8.onnx (dynamic int8 quantisation) "
+                   "and print both accuracies on the test split")
+    p.add_argument("--data_file", help="SMSSpamCollection file for the check texts (default: download)")
+    p.add_argument("--cache_dir", help="download cache for the collection")
+    p.add_argument("--check_texts", type=int, default=64, help="test texts the parity check runs on (default 64)")
+    p.set_defaults(func=export)
+
+    p = sub.add_parser("serve", help="an HTTP service that batches concurrent requests (the serve extra)",
+                       description="POST /predict {\"texts\": [...]}, GET /health, GET /info. Requests from many "
+                       "clients are gathered into batches; limits answer 413/422/503 instead of growing memory.")
+    model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="PyTorch, or onnxruntime on "
+                   "an exported file (hf-spam export)")
+    p.add_argument("--onnx_file", help="the ONNX file for --backend onnx (default MODEL/model.onnx)")
+    p.add_argument("--max_batch_size", type=int, default=64, help="texts per forward pass at most (default 64)")
+    p.add_argument("--max_wait_ms", type=float, default=5.0, help="how long a batch waits for more requests")
+    p.add_argument("--max_queue", type=int, default=1024, help="texts waiting at most; then 503 (default 1024)")
+    p.add_argument("--max_texts_per_request", type=int, default=256, help="else 413 (default 256)")
+    p.add_argument("--max_chars_per_request", type=int, default=20_000, help="else 413 (default 20,000)")
+    p.set_defaults(func=serve)
+
     p = sub.add_parser("push", help="push a trained model folder to the Hugging Face Hub")
     p.add_argument("folder", help="model folder (config.json, model.safetensors, modeling_gpt.py ...)")
     p.add_argument("--repo_id", required=True, help="Hub model repo: NAME or OWNER/NAME (created if needed)")
@@ -223,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``hf-spam`` console script (and of the thin scripts in ``scripts/``)."""
     args = build_parser().parse_args(argv)
+    hf_logging.disable_progress_bar()  # stderr is for errors (and stdout, for predict, the JSON lines)
     with reported_errors():
         try:
             args.func(args)

@@ -2,7 +2,8 @@
 
 A folder holds ``model.safetensors``, ``config.json`` with an ``auto_map`` and ``modeling_gpt.py`` beside
 it (remote code: ``pipeline(..., trust_remote_code=True)`` works without hf_spam), the GPT-2 tokenizer,
-``README.md`` (the model card, from ``model_card.md``), ``training_args.json`` and ``metrics.json``.
+``README.md`` (the model card, from ``model_card.md``), ``handler.py`` (an Inference Endpoints handler),
+``training_args.json`` and ``metrics.json``.
 What goes into the card and ``training_args.json`` comes from allow-lists, so no token or local path
 can reach them.
 """
@@ -26,6 +27,7 @@ from .files import is_hub_id, write_json
 from .tokenization import build_hf_tokenizer, save_hf_tokenizer
 
 CARD_TEMPLATE = Path(__file__).with_name("model_card.md")
+HANDLER = Path(__file__).with_name("endpoint_handler.py")
 # Two messages to try on the model's Hub page (made up for the card, not taken from any data set).
 WIDGET = [{"text": "Congratulations! You have won a free cruise. Text WIN to 80085 to claim your prize now."},
           {"text": "Running late, see you at the station at 6?"}]
@@ -89,6 +91,7 @@ def save_model_folder(model: Any, folder: str | os.PathLike, *, metrics: dict | 
         config.pop("_name_or_path", None)  # the local folder the model was loaded from
         write_json(stage / "config.json", config)
         save_hf_tokenizer(tokenizer or build_hf_tokenizer(bpe_dir), stage, bpe_dir)
+        shutil.copyfile(HANDLER, stage / "handler.py")  # for a Hugging Face Inference Endpoint
         write_json(stage / "metrics.json", metrics or {})
         write_json(stage / "training_args.json", settings or {})
         model_card(model.config, metrics or {}, settings or {}, info or {}, folder.resolve().name).save(

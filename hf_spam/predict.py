@@ -45,9 +45,9 @@ class SpamClassifier:
     [{'text': ..., 'label': 'spam', 'spam_probability': 0.99}, {'text': ..., 'label': 'ham', ...}]
     """
 
-    def __init__(self, model: torch.nn.Module, encoding: object, *, device: str | torch.device | None = None,
-                 dtype: str | None = None):
-        config = model.config
+    def __init__(self, model: torch.nn.Module | None, encoding: object, *, device: str | torch.device | None = None,
+                 dtype: str | None = None, config: GPTSpamConfig | None = None):
+        config = config or model.config  # no model: a subclass computes the logits (hf_spam.export.OnnxClassifier)
         labels = {int(k): str(v) for k, v in config.id2label.items()}
         if len(labels) != 2 or "spam" not in {v.lower() for v in labels.values()}:
             raise HfSpamError(f"model: labels {labels}; expected two classes, one of them 'spam'")
@@ -59,7 +59,9 @@ class SpamClassifier:
         self.dtype = DTYPES[dtype] if dtype else None
         if self.dtype == torch.float16 and self.device.type == "cpu":
             raise HfSpamError("dtype: float16 needs a GPU; use bfloat16 on the CPU")
-        self.model = model.to(self.device).eval()
+        self.model = model.to(self.device).eval() if model is not None else None
+        self.config = config
+        self.model_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) if model is not None else 0
         padded = getattr(config, "padded_length", None)
         self.max_tokens = min(int(padded or config.context_length), int(config.context_length))
         # `last` pooling: pad to the trained length when known; otherwise read the last real token.
@@ -117,12 +119,12 @@ class SpamClassifier:
                 raise HfSpamError(f"texts[{i}]: expected str, got {type(text).__name__}")
         return [x[: self.max_tokens] or [PAD_TOKEN_ID] for x in self.encoding.encode_ordinary_batch(list(texts))]
 
-    def spam_probabilities(self, token_ids: Sequence[Sequence[int]], batch_size: int = 64) -> list[float]:
-        """P(spam) per token-id list, in input order (length-sorted batches, right padding)."""
+    def probabilities(self, token_ids: Sequence[Sequence[int]], batch_size: int = 64) -> list[list[float]]:
+        """Each label's probability per token-id list, in input order (length-sorted batches, right padding)."""
         if batch_size < 1:
             raise HfSpamError(f"batch_size: {batch_size}; expected a positive integer")
         order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]), reverse=True)  # longest first:
-        probs = [0.0] * len(token_ids)  # the first batch shows at once whether memory suffices
+        probs: list[list[float]] = [[]] * len(token_ids)  # the first batch shows at once whether memory suffices
         autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
         with torch.inference_mode(), autocast:
             for start in range(0, len(order), batch_size):
@@ -134,9 +136,19 @@ class SpamClassifier:
                     ids[r, : len(token_ids[i])] = torch.as_tensor(token_ids[i])
                     mask[r, : len(token_ids[i])] = 1
                 logits = self._logits(ids.to(self.device), mask.to(self.device))
-                for i, p in zip(rows, torch.softmax(logits.float(), dim=-1)[:, self.spam_index].tolist()):
+                for i, p in zip(rows, torch.softmax(logits.float(), dim=-1).tolist()):
                     probs[i] = p
         return probs
+
+    def spam_probabilities(self, token_ids: Sequence[Sequence[int]], batch_size: int = 64) -> list[float]:
+        """P(spam) per token-id list, in input order."""
+        return [p[self.spam_index] for p in self.probabilities(token_ids, batch_size)]
+
+    def predict_labels(self, texts: Sequence[str], batch_size: int = 64) -> list[dict]:
+        """``[{"label", "probabilities": {label: p}}]`` per text, in input order (what the HTTP service returns)."""
+        names = [self.labels[i] for i in range(len(self.labels))]
+        return [{"label": names[max(range(len(p)), key=p.__getitem__)], "probabilities": dict(zip(names, p))}
+                for p in self.probabilities(self.encode(texts), batch_size)]
 
     def _logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if not self.read_last_real_token:
