@@ -125,7 +125,7 @@ def prefix_states(model: GPTSpamForSequenceClassification, input_ids: torch.Tens
     return hidden
 
 
-def _release_freed_memory() -> None:
+def release_freed_memory() -> None:
     """Hand memory freed by a chunk back to the OS: glibc keeps it otherwise, and training would start
     on a fragmented, larger heap."""
     if sys.platform.startswith("linux"):
@@ -162,7 +162,7 @@ def _features_for_batch(batch: dict[str, list], model: GPTSpamForSequenceClassif
         for r, idx in enumerate(group):
             out[idx] = states[r] if states.ndim == 2 else states[r, : kept[idx]]
         i = j
-    _release_freed_memory()
+    release_freed_memory()
     # An empty text keeps one padding position, masked, as the padding collator gives it.
     trimmed = [list(m[:n]) + [0] * (n - len(m[:n])) for m, n in zip(masks, kept)]
     return {FEATURE_COLUMN: out, "attention_mask": trimmed, "length": kept}
@@ -200,7 +200,7 @@ def compute_features(model: GPTSpamForSequenceClassification, dataset: datasets.
                 new_fingerprint=cache_file.stem.rsplit("-", 1)[-1][:32], desc=desc)
     finally:
         model.train(was_training)
-        _release_freed_memory()
+        release_freed_memory()
     return out.with_format("numpy")
 
 

@@ -33,6 +33,7 @@ from .files import is_hub_id
 from .modeling_gpt import GPTSpamConfig, GPTSpamForSequenceClassification
 from .tokenization import PAD_TOKEN_ID, get_encoding
 
+MAX_PADDING_WASTE = 0.25  # padding a batch may add to its real tokens before it is split
 DTYPES = {"float32": None, "fp32": None, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 
@@ -127,8 +128,7 @@ class SpamClassifier:
         probs: list[list[float]] = [[]] * len(token_ids)  # the first batch shows at once whether memory suffices
         autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
         with torch.inference_mode(), autocast:
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
+            for rows in self._batches(order, [len(token_ids[i]) for i in order], batch_size):
                 length = self.fixed_length or len(token_ids[rows[0]])
                 ids = torch.full((len(rows), length), PAD_TOKEN_ID, dtype=torch.long)
                 mask = torch.zeros((len(rows), length), dtype=torch.long)
@@ -139,6 +139,22 @@ class SpamClassifier:
                 for i, p in zip(rows, torch.softmax(logits.float(), dim=-1).tolist()):
                     probs[i] = p
         return probs
+
+    def _batches(self, order: list[int], lengths: list[int], batch_size: int) -> Iterator[list[int]]:
+        """Rows of at most ``batch_size`` texts, longest first; a batch ends early where padding to its longest
+        text would waste more than ``MAX_PADDING_WASTE`` of the work (texts of any length arrive together in a
+        server's batch). Fixed-length padding (``last`` pooling) pads everything alike: plain chunks."""
+        start = 0
+        while start < len(order):
+            end, real = start + 1, lengths[start]
+            while end < len(order) and end - start < batch_size:
+                padded = (end + 1 - start) * lengths[start]  # the batch padded to its longest (first) text
+                if not self.fixed_length and padded > (1 + MAX_PADDING_WASTE) * (real + lengths[end]):
+                    break
+                real += lengths[end]
+                end += 1
+            yield order[start:end]
+            start = end
 
     def spam_probabilities(self, token_ids: Sequence[Sequence[int]], batch_size: int = 64) -> list[float]:
         """P(spam) per token-id list, in input order."""

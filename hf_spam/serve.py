@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import UnavailableError
+from .feature_cache import release_freed_memory
 from .predict import SpamClassifier
 
 try:  # the serve extra: pip install "hf-spam[serve]"
@@ -103,6 +104,7 @@ def create_app(classifier: SpamClassifier, limits: Limits, backend: str = "torch
             for job in jobs:
                 job.done.set_result(results[: len(job.texts)])
                 results = results[len(job.texts):]
+            release_freed_memory()  # batches of every shape come and go: keep the heap from growing
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
