@@ -47,6 +47,7 @@ CASES = {
     "ours_seed_fast_warm": "ours: same again (feature cache warm)",
     "ours_seed_fast_cold_accelerate": "ours: accelerate launch (configs/accelerate/one_process.yaml) scripts/train.py "
     "--config configs/seed_fast.yaml (cache cold)",
+    "ours_seed_fast_bf16_cold": "ours: same with --bf16 (trunk features under bf16 autocast; cache cold)",
     "ours_seed_cold": "ours: scripts/train.py --config configs/seed.yaml, the chapter's exact recipe (cache cold)",
 }
 BASELINE = "chapter_plain_120"
@@ -131,7 +132,8 @@ def plain_job(case: str, model_size: str, data_file: str | None, steps: int, eva
 def ours_job(case: str, args, workdir: Path) -> dict:  # noqa: ANN001
     """``scripts/train.py`` in its own process; wall time and that process's peak RSS."""
     config = "configs/seed.yaml" if case == "ours_seed_cold" else "configs/seed_fast.yaml"
-    cache = workdir / ("cache_exact" if case == "ours_seed_cold" else "cache_fast")
+    caches = {"ours_seed_cold": "cache_exact", "ours_seed_fast_bf16_cold": "cache_bf16"}
+    cache = workdir / caches.get(case, "cache_fast")
     if "_cold" in case:
         shutil.rmtree(cache, ignore_errors=True)
     out = workdir / case
@@ -142,6 +144,10 @@ def ours_job(case: str, args, workdir: Path) -> dict:  # noqa: ANN001
            "--output_dir", str(out), "--data_cache_dir", str(cache), "--disable_tqdm", "true"]
     if args.data_file:
         cmd += ["--data_file", args.data_file]
+    if "_bf16" in case:  # transformers takes bf16 on a CPU only with use_cpu
+        import torch
+
+        cmd += ["--bf16", "true", *([] if torch.cuda.is_available() else ["--use_cpu", "true"])]
     if args.quick:
         cmd += ["--model_size", "tiny", "--max_steps", "6", "--eval_steps", "3", "--logging_steps", "3"]
     result = run_command_measured(cmd, workdir / f"{case}.log")

@@ -20,7 +20,7 @@ AutoConfig.register(GPTSpamConfig.model_type, GPTSpamConfig, exist_ok=True)
 AutoModel.register(GPTSpamConfig, GPTSpamForSequenceClassification, exist_ok=True)
 AutoModelForSequenceClassification.register(GPTSpamConfig, GPTSpamForSequenceClassification, exist_ok=True)
 
-_LAZY = {"load_sms_spam": "data", "load_gpt2": "weights", "SpamClassifier": "predict"}
+_LAZY = {"load_sms_spam": "data", "load_data": "sources", "load_gpt2": "weights", "SpamClassifier": "predict"}
 
 
 def __getattr__(name: str) -> Any:
@@ -29,5 +29,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'hf_spam' has no attribute {name!r}")
 
 
-__all__ = ["GPTModel", "GPTSpamConfig", "GPTSpamForSequenceClassification", "SpamClassifier", "load_gpt2",
-           "load_sms_spam", "__version__"]
+__all__ = ["GPTModel", "GPTSpamConfig", "GPTSpamForSequenceClassification", "SpamClassifier", "load_data",
+           "load_gpt2", "load_sms_spam", "__version__"]

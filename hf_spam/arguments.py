@@ -89,10 +89,36 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    """Where the SMS data comes from and how it is split and padded."""
+    """Where the data comes from (the SMS Spam Collection unless told otherwise), how it is split and padded."""
 
     data_file: str | None = field(default=None, metadata={
-        "help": "Local SMSSpamCollection file; downloaded from UCI when not given."})
+        "help": "Local SMSSpamCollection file (the default data); downloaded from UCI when not given."})
+    dataset_name: str | None = field(default=None, metadata={
+        "help": "Your data instead: a Hub dataset id, or a local folder of data files (datasets.load_dataset)."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration name."})
+    train_file: str | None = field(default=None, metadata={
+        "help": "Your data instead: a .csv, .tsv, .json, .jsonl or .parquet file of training rows."})
+    validation_file: str | None = field(default=None, metadata={"help": "Validation rows (else cut from train)."})
+    test_file: str | None = field(default=None, metadata={"help": "Test rows (else cut from train)."})
+    text_column: str = field(default="text", metadata={"help": "The column holding the texts (your data)."})
+    label_column: str = field(default="label", metadata={"help": "The column holding the labels (your data)."})
+    label_names: list[str] | None = field(default=None, metadata={
+        "help": "Names of integer labels 0..k-1, or the order of string labels (your data)."})
+    positive_label: str | None = field(default=None, metadata={
+        "help": "Two classes: the one whose precision/recall/F1 are reported (default spam if present, else the "
+        "second label)."})
+    validation_split_percentage: float = field(default=10, metadata={
+        "help": "Validation split when none is given: this share of the training rows, cut stratified by label "
+        "(the SMS recipe: 10 of its 70/10/20 cut)."})
+    test_split_percentage: float = field(default=20, metadata={
+        "help": "Test split when none is given: this share of the training rows, cut stratified by label (the "
+        "SMS recipe: 20)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation rows."})
+    max_test_samples: int | None = field(default=None, metadata={"help": "Use only the first N test rows."})
+    balance: str = field(default="none", metadata={
+        "help": "none, or undersample: every class of each split cut to its smallest class (your data; the SMS "
+        "recipe balances its own way)."})
     data_cache_dir: str | None = field(default=None, metadata={
         "help": "Cache for downloads and frozen-trunk features (default $HF_SPAM_CACHE or ~/.cache/hf_spam)."})
     natural_balance: bool = field(default=False, metadata={
@@ -104,8 +130,40 @@ class DataArguments:
     split_seed: int = field(default=123, metadata={
         "help": "Seed of the data's sampling, shuffling and split (the chapter's 123); --seed seeds the training."})
 
+    @property
+    def user_data(self) -> bool:
+        """Whether the data is the user's (``--dataset_name`` or files) rather than the SMS collection."""
+        return bool(self.dataset_name or self.train_file)
+
     def __post_init__(self) -> None:
         _check_choice("padding", self.padding, PADDING_CHOICES)
+        _check_choice("balance", self.balance, ("none", "undersample"))
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        if not self.user_data:
+            for name in ("dataset_config_name", "text_column", "label_column", "label_names", "balance",
+                         "validation_file", "test_file"):
+                if getattr(self, name) != defaults[name]:
+                    raise HfSpamError(f"--{name}: applies to your data (--dataset_name or --train_file); the SMS "
+                                      "collection has its own columns, labels and balancing")
+        elif self.natural_balance:
+            raise HfSpamError("--natural_balance: applies to the SMS collection; for your data the rows are kept as "
+                              "they are unless --balance undersample")
+        if self.text_column == self.label_column:
+            raise HfSpamError(f"--text_column and --label_column: both {self.text_column!r}; expected two columns")
+        if self.label_names is not None and not self.label_names:
+            raise HfSpamError("--label_names: expected one or more names")
+        if self.data_file and self.user_data:
+            raise HfSpamError("--data_file (the SMS collection) with --dataset_name/--train_file: choose one source")
+        if self.dataset_name and (self.train_file or self.validation_file or self.test_file):
+            raise HfSpamError("--dataset_name with --train_file/--validation_file/--test_file: choose one source")
+        for name in ("max_train_samples", "max_eval_samples", "max_test_samples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise HfSpamError(f"--{name}: expected a positive number of rows, got {getattr(self, name)}")
+        for name in ("validation_split_percentage", "test_split_percentage"):
+            if not 0 < getattr(self, name) < 100:
+                raise HfSpamError(f"--{name}: expected a percentage between 0 and 100, got {getattr(self, name)}")
+        if self.validation_split_percentage + self.test_split_percentage >= 100:
+            raise HfSpamError("--validation_split_percentage + --test_split_percentage: must leave rows to train on")
         if self.max_length is not None and self.max_length < 1:
             raise HfSpamError(f"--max_length: expected a positive number of tokens, got {self.max_length}")
         if self.max_length is not None and self.padding == "dynamic":
@@ -119,8 +177,14 @@ class SpamTrainingArguments(TrainingArguments):
 
     cache_features: bool = field(default=True, metadata={
         "help": "With a frozen trunk (last_layer, last_block, last_two_blocks) and dropout 0, run the frozen "
-        "blocks once per example (cached under DATA_CACHE_DIR/features) and train only the top: same results, "
+        "blocks once per example (cached on disk, see --feature_cache_dir) and train only the top: same results, "
         "much faster. false: recompute the whole model every step."})
+    feature_dtype: str = field(default="float32", metadata={
+        "help": "How the cached features are stored: float32 (training as without the cache), bfloat16 or float16 "
+        "(half the disk, features rounded)."})
+    feature_cache_dir: str | None = field(default=None, metadata={
+        "help": "Folder of the frozen-trunk feature cache (default DATA_CACHE_DIR/features); `hf-spam cache list` "
+        "shows it, `hf-spam cache clear` empties it."})
     plot_train_batches: int = field(default=5, metadata={
         "help": "Training batches scored at each epoch end for the accuracy plot (the chapter's eval_iter)."})
     cpu_threads: int | None = field(default=None, metadata={
@@ -133,11 +197,18 @@ class SpamTrainingArguments(TrainingArguments):
         "help": "Write predictions.jsonl for the test split: text, true and predicted label, probabilities."})
     early_stopping_patience: int | None = field(default=None, metadata={
         "help": "Stop after this many evaluations without improvement (with --load_best_model_at_end true)."})
+    # transformers' --label_names (the input keys holding labels: always "labels" here) gives way to the data's
+    # --label_names (the names of the classes).
+    label_names: list[str] | None = field(default=None, init=False)
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "Replace what an earlier run left in output_dir (otherwise a used folder is refused, unless "
         "--resume_from_checkpoint continues that run)."})
 
     def __post_init__(self) -> None:
+        _check_choice("feature_dtype", self.feature_dtype, ("float32", "bfloat16", "float16"))
+        if not self.cache_features and (self.feature_dtype != "float32" or self.feature_cache_dir):
+            raise HfSpamError("--feature_dtype/--feature_cache_dir: set how the frozen-trunk feature cache is stored, "
+                              "and --cache_features is false")
         if not self.output_dir:
             raise HfSpamError("--output_dir: required (where the model, metrics and plots are written)")
         for name in ("cpu_threads", "per_device_train_batch_size", "per_device_eval_batch_size",

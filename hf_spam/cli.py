@@ -1,10 +1,11 @@
 """The ``hf-spam`` command: use a trained model, and the chapter's other steps.
 
     hf-spam predict --model FOLDER_OR_ID "text" ...        # or --file messages.txt, or stdin
-    hf-spam evaluate --model FOLDER [--data_file F | --labelled_file F] [--output_dir DIR]
+    hf-spam evaluate --model FOLDER [data flags of training | --labelled_file F] [--output_dir DIR]
     hf-spam export --model FOLDER --output FILE.onnx [--quantize int8]
     hf-spam serve --model FOLDER [--host 127.0.0.1 --port 8000 --backend torch|onnx]
     hf-spam push FOLDER --repo_id NAME [--private]
+    hf-spam cache list|clear [--data_cache_dir DIR | --feature_cache_dir DIR]
     hf-spam sanity [--model_name_or_path gpt2]
     hf-spam prepare-data [--data_file F] [--output_dir data]
 
@@ -17,16 +18,21 @@ it needs (datasets, matplotlib, onnxruntime, the web server) when it runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
+from huggingface_hub import hf_hub_download
+from transformers.hf_argparser import string_to_bool
 from transformers.utils import logging as hf_logging
 
 from . import __version__
+from .arguments import DataArguments
 from .errors import HfSpamError, UnavailableError, reported_errors, without_secrets
 
 # Texts for checks when no data is at hand: the chapter's two examples and a few of every kind and length.
@@ -94,54 +100,111 @@ def predict(args: argparse.Namespace) -> None:
     sys.stdout.flush()
 
 
+# How the recipe cut its splits: ``evaluate`` takes them from the model's training_args.json, so that the split
+# it scores is the one the model never trained on.
+SPLIT_SETTINGS = ("split_seed", "validation_split_percentage", "test_split_percentage", "natural_balance", "balance")
+# The data flags ``evaluate`` shares with training (their help is DataArguments').
+EVALUATE_DATA_FLAGS = ("data_file", "dataset_name", "dataset_config_name", "train_file", "validation_file",
+                       "test_file", "text_column", "label_column", "label_names", "positive_label", *SPLIT_SETTINGS,
+                       "max_eval_samples", "max_test_samples", "data_cache_dir")
+
+
+def _recorded_settings(model: str) -> dict:
+    """The model's ``training_args.json`` (local folder or Hub repo), or ``{}`` where there is none."""
+    try:
+        path = Path(model) / "training_args.json" if Path(model).is_dir() else \
+            Path(hf_hub_download(model, "training_args.json"))
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except Exception:  # no such file, offline, not JSON: nothing recorded
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def _evaluation_data(args: argparse.Namespace) -> tuple[list[str], list[int], list[str], str]:
+    """Texts, label ids, label names and a description of the rows ``evaluate`` scores: a ``--labelled_file``
+    whole, or one split (never train) of the data cut exactly as the model's training run cut it."""
+    from .arguments import DataArguments
+    from .data import LABEL_NAMES, read_sms_file
+    from .sources import load_data
+
+    given = {key: getattr(args, key) for key in EVALUATE_DATA_FLAGS if getattr(args, key) is not None}
+    if args.labelled_file:
+        extra = [key for key in given if key != "positive_label"]
+        if extra:
+            raise HfSpamError(f"--labelled_file: scores every row of that file; --{extra[0]} does not apply")
+        frame = read_sms_file(args.labelled_file)
+        return (frame["Text"].tolist(), [LABEL_NAMES.index(x) for x in frame["Label"]], LABEL_NAMES,
+                f"all {len(frame)} messages of {Path(args.labelled_file).name}")
+    recorded = _recorded_settings(args.model)
+    user = bool(given.get("dataset_name") or given.get("train_file"))
+    for key in SPLIT_SETTINGS:
+        if key not in recorded or key == "natural_balance" and user or key == "balance" and not user:
+            continue
+        if key in given and given[key] != recorded[key]:
+            raise HfSpamError(f"--{key} {given[key]}: the model was trained with {key} {recorded[key]}; another cut "
+                              "would score rows it trained on (leave the flag out, or use --labelled_file)")
+        given[key] = recorded[key]
+    data_args = DataArguments(**given)
+    splits, info = load_data(data_args)
+    part = splits[args.split]
+    name = (info.get("dataset_id") or "your files") if data_args.user_data else \
+        (Path(args.data_file).name if args.data_file else "the SMS Spam Collection")
+    return (list(part["text"]), list(part["label"]), info["labels"],
+            f"the {args.split} split ({len(part)} rows) of {name}, cut as in training (split_seed "
+            f"{data_args.split_seed})")
+
+
 def evaluate(args: argparse.Namespace) -> None:
-    from .data import LABEL_NAMES, load_sms_spam, read_sms_file
     from .files import write_json
-    from .metrics import compute_spam_metrics, confusion_matrix
+    from .metrics import compute_metrics, confusion_matrix, per_class, positive_index
     from .plots import plot_confusion_matrix
 
-    if args.labelled_file:
-        frame = read_sms_file(args.labelled_file)
-        texts, truth = frame["Text"].tolist(), [LABEL_NAMES.index(x) for x in frame["Label"]]
-        source = f"all {len(texts)} messages of {Path(args.labelled_file).name}"
-    else:
-        test = load_sms_spam(args.data_file, cache=args.cache_dir)["test"]
-        texts, truth = list(test["text"]), list(test["label"])
-        name = Path(args.data_file).name if args.data_file else "the SMS Spam Collection"
-        source = f"the test split ({len(texts)} messages) of {name}, balanced recipe"
     if args.output_dir and Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
         raise HfSpamError(f"{args.output_dir}: exists and is not a folder; expected an output folder")
+    texts, truth, labels, source = _evaluation_data(args)
     clf = _classifier(args)
-    spam = clf.labels[clf.spam_index]
-    predicted = [int(r["label"] == spam) for r in clf.predict(texts, batch_size=args.batch_size, return_text=False)]
-    metrics, cm = compute_spam_metrics(predicted, truth), confusion_matrix(predicted, truth)
+    if clf.names != labels:
+        raise HfSpamError(f"--model {args.model}: its labels {', '.join(clf.names)} differ from the data's "
+                          f"{', '.join(labels)} (name integer labels with --label_names)")
+    positive = positive_index(labels, args.positive_label)
+    predicted = [labels.index(r["label"]) for r in clf.predict_labels(texts, batch_size=args.batch_size)]
+    metrics, cm = compute_metrics(predicted, truth, len(labels), positive), confusion_matrix(predicted, truth,
+                                                                                             len(labels))
     model_name = Path(args.model).name if Path(args.model).is_dir() else args.model
-    width = 8
+    width = max(8, *(len(name) + 2 for name in labels))
+    keys = ("accuracy", "precision", "recall", "f1") if len(labels) == 2 else \
+        ("accuracy", "macro_precision", "macro_recall", "macro_f1")
     print(f"Model {model_name} on {source}")
-    print("\n".join(f"  {key:<10} {metrics[key] * 100:6.2f}%" for key in ("accuracy", "precision", "recall", "f1")))
+    if len(labels) == 2:
+        print(f"Positive class: {labels[positive]}")
+    print("\n".join(f"  {key:<16} {metrics[key] * 100:6.2f}%" for key in keys))
+    classes = dict(zip(labels, per_class(cm)))
+    print("Per class" + " " * (width - 9) + "".join(f"{k:>11}" for k in ("precision", "recall", "f1", "examples")))
+    for label, scores in classes.items():
+        print(f"{label:<{width}}" + "".join(f"{scores[k] * 100:10.2f}%" for k in ("precision", "recall", "f1"))
+              + f"{scores['support']:>11}")
     print("Confusion matrix (rows: true label, columns: predicted label)")
-    print(" " * width + "".join(f"{label:>{width}}" for label in LABEL_NAMES))
-    for label, row in zip(LABEL_NAMES, cm):
+    print(" " * width + "".join(f"{label:>{width}}" for label in labels))
+    for label, row in zip(labels, cm):
         print(f"{label:<{width}}" + "".join(f"{int(v):>{width}}" for v in row))
     if args.output_dir:
         out = Path(args.output_dir)
         write_json(out / "eval_metrics.json", {**metrics, "examples": len(texts), "model": model_name, "data": source,
-                                               "confusion_matrix": {"labels": LABEL_NAMES,
-                                                                    "rows_true_columns_predicted": cm.tolist()}})
-        plot_confusion_matrix(cm, LABEL_NAMES, out / "confusion_matrix.png", f"{model_name}: {source}")
-        print(f"Wrote {out / 'eval_metrics.json'} and {out / 'confusion_matrix.png'}")
+                                               "per_class": classes, "confusion_matrix": {
+                                                   "labels": labels, "rows_true_columns_predicted": cm.tolist()}})
+        plot_confusion_matrix(cm, labels, out / "confusion-matrix.png", f"{model_name}: {source}")
+        print(f"Wrote {out / 'eval_metrics.json'} and {out / 'confusion-matrix.png'}")
 
 
 def export(args: argparse.Namespace) -> None:
-    from .data import load_sms_spam
+    from .data import LABEL_NAMES, load_sms_spam
     from .export import OnnxClassifier, export_onnx, quantize_int8
-    from .metrics import compute_spam_metrics
 
     try:
         test = load_sms_spam(args.data_file, cache=args.cache_dir)["test"]
         texts, truth, source = list(test["text"]), list(test["label"]), "test texts"
     except UnavailableError:
-        if args.quantize:  # an accuracy needs the labelled test split
+        if args.quantize:  # int8 is compared on the labelled test split
             raise
         texts, truth, source = list(SAMPLE_TEXTS), [], "sample texts (the SMS data could not be had)"
     report = export_onnx(args.model, args.output, texts[: args.check_texts])
@@ -150,12 +213,18 @@ def export(args: argparse.Namespace) -> None:
     if args.quantize == "int8":
         int8 = Path(args.output).with_name(Path(args.output).stem + "-int8.onnx")
         quantize_int8(args.output, int8)
-        print(f"Quantised {int8} ({int8.stat().st_size / 2**20:.1f} MiB); accuracy on the test split "
-              f"({len(texts)} texts):")
-        for name, path in (("float32", args.output), ("int8", int8)):
-            clf = OnnxClassifier(path, args.model)
-            predicted = [int(r["label"] == clf.labels[clf.spam_index]) for r in clf.predict(texts, return_text=False)]
-            print(f"  {name:<8} {compute_spam_metrics(predicted, truth)['accuracy'] * 100:6.2f}%")
+        float32, quantised = OnnxClassifier(args.output, args.model), OnnxClassifier(int8, args.model)
+        results = {name: [clf.names.index(r["label"]) for r in clf.predict_labels(texts)]
+                   for name, clf in (("float32", float32), ("int8", quantised))}
+        if float32.names == LABEL_NAMES:  # a ham/spam model: accuracy on the SMS test split
+            print(f"Quantised {int8} ({int8.stat().st_size / 2**20:.1f} MiB); accuracy on the SMS test split "
+                  f"({len(texts)} texts):")
+            for name, predicted in results.items():
+                print(f"  {name:<8} {sum(p == t for p, t in zip(predicted, truth)) / len(truth) * 100:6.2f}%")
+        else:  # other labels: the SMS texts have none of them; how often int8 agrees with float32
+            same = sum(a == b for a, b in zip(results["float32"], results["int8"]))
+            print(f"Quantised {int8} ({int8.stat().st_size / 2**20:.1f} MiB); int8 and float32 agree on {same} of "
+                  f"{len(texts)} SMS test texts (labels {', '.join(float32.names)}: no accuracy on SMS data)")
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -214,6 +283,25 @@ def prepare_data(args: argparse.Namespace) -> None:
         print(f"{split}: {dataset[split].num_rows} rows -> {path}")
 
 
+def cache(args: argparse.Namespace) -> None:
+    from .feature_cache import clear_feature_caches, list_feature_caches
+    from .files import cache_dir
+
+    if args.feature_cache_dir and args.data_cache_dir:
+        raise HfSpamError("cache: give --data_cache_dir or --feature_cache_dir, not both")
+    folder = Path(args.feature_cache_dir) if args.feature_cache_dir else cache_dir(args.data_cache_dir) / "features"
+    if folder.exists() and not folder.is_dir():
+        raise HfSpamError(f"{folder}: not a folder; expected a frozen-trunk feature cache folder")
+    entries = clear_feature_caches(folder) if args.action == "clear" else list_feature_caches(folder)
+    for entry in entries:
+        what = f"{entry['rows']} rows, {entry['feature_dtype']}" if entry["kind"] == "features" else entry["kind"]
+        print(f"{'removed ' if args.action == 'clear' else ''}{entry['path'].name}  {entry['bytes'] / 1e6:,.1f} MB  "
+              f"({what}, {time.strftime('%Y-%m-%d %H:%M', time.localtime(entry['modified']))})")
+    total = sum(entry["bytes"] for entry in entries)
+    verb = "Removed" if args.action == "clear" else "Total"
+    print(f"{verb}: {len(entries)} file(s), {total / 1e9:.2f} GB in {folder}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hf-spam", description="GPT-2 as an SMS spam classifier (Build a Large Language Model "
                      "From Scratch, ch. 6). Training: scripts/train.py.")
@@ -236,15 +324,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk_size", type=int, default=1024, help="lines read and sorted at a time; bounds memory")
     p.set_defaults(func=predict)
 
-    p = sub.add_parser("evaluate", help="accuracy, precision, recall, F1 and a confusion matrix",
-                       description="Score a model on the chapter's test split, or on every message of a labelled "
-                       "file in the SMS Spam Collection format (spam is the positive class).")
+    p = sub.add_parser("evaluate", help="accuracy, precision, recall, F1, per class and a confusion matrix",
+                       description="Score a model on a split it never trained on: the test split (or --split "
+                       "validation) of the data cut exactly as its training run cut it (the SMS collection, or your "
+                       "data with training's data flags; the cut's settings come from the model's "
+                       "training_args.json), or every row of a labelled SMS-format file.")
     model_args(p)
-    data = p.add_mutually_exclusive_group()
-    data.add_argument("--data_file", help="SMSSpamCollection file: its balanced test split (default: download)")
-    data.add_argument("--labelled_file", help="file of 'ham|spam<TAB>text' lines: evaluate on all of them")
-    p.add_argument("--cache_dir", help="download cache for the collection")
-    p.add_argument("--output_dir", help="write eval_metrics.json and confusion_matrix.png here")
+    helps = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(DataArguments)}
+    for name in EVALUATE_DATA_FLAGS:
+        kind = {"label_names": {"nargs": "+"}, "natural_balance": {"type": string_to_bool, "nargs": "?", "const": True},
+                "split_seed": {"type": int}, "max_eval_samples": {"type": int}, "max_test_samples": {"type": int},
+                "validation_split_percentage": {"type": float}, "test_split_percentage": {"type": float}}
+        aliases = ["--cache_dir"] if name == "data_cache_dir" else []
+        p.add_argument(f"--{name}", *aliases, default=None, help=helps[name], **kind.get(name, {}))
+    p.add_argument("--labelled_file", help="file of 'ham|spam<TAB>text' lines: evaluate on all of them")
+    p.add_argument("--split", choices=["test", "validation"], default="test", help="the split scored (default test)")
+    p.add_argument("--output_dir", help="write eval_metrics.json and confusion-matrix.png here")
     p.set_defaults(func=evaluate)
 
     p = sub.add_parser("export", help="export a model folder to ONNX, checked with onnxruntime",
@@ -275,6 +370,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_texts_per_request", type=int, default=256, help="else 413 (default 256)")
     p.add_argument("--max_chars_per_request", type=int, default=20_000, help="else 413 (default 20,000)")
     p.set_defaults(func=serve)
+
+    p = sub.add_parser("cache", help="list or remove the frozen-trunk feature cache files",
+                       description="The frozen-trunk features training caches on disk (one safetensors file per split "
+                       "and model): list them with their sizes, or remove them all.")
+    p.add_argument("action", choices=["list", "clear"])
+    p.add_argument("--data_cache_dir", help="the cache folder training used (default $HF_SPAM_CACHE or "
+                   "~/.cache/hf_spam); the features are in its features/ folder")
+    p.add_argument("--feature_cache_dir", help="the feature folder itself, if training was given one")
+    p.set_defaults(func=cache)
 
     p = sub.add_parser("push", help="push a trained model folder to the Hugging Face Hub")
     p.add_argument("folder", help="model folder (config.json, model.safetensors, modeling_gpt.py ...)")

@@ -34,36 +34,70 @@ WIDGET = [{"text": "Congratulations! You have won a free cruise. Text WIN to 800
 WEIGHT_FILES = ("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json")
 # Never uploaded: Trainer checkpoints (optimizer state, pickled arguments), logs, hidden and temporary files.
 UPLOAD_IGNORE = ["checkpoint-*/", "runs/", ".*", "*/.*", "*.log", "*.tmp", "training_args.bin", "*/training_args.bin"]
-METRIC_NAMES = {"accuracy": "Accuracy", "f1": "F1 (spam)", "precision": "Precision (spam)", "recall": "Recall (spam)"}
+SMS_DATA = {"source": "sms", "recipe": "balanced (747 ham + 747 spam, seed 123), shuffled, split 70/10/20"}
+
+
+def _metric_names(two_labels: bool, positive: str) -> dict[str, tuple[str, str, dict | None]]:
+    """``metrics.json`` key suffix -> (model-index metric type, display name, metric arguments)."""
+    if two_labels:
+        return {"accuracy": ("accuracy", "Accuracy", None), "f1": ("f1", f"F1 ({positive})", None),
+                "precision": ("precision", f"Precision ({positive})", None),
+                "recall": ("recall", f"Recall ({positive})", None)}
+    return {"accuracy": ("accuracy", "Accuracy", None),
+            **{f"macro_{k}": (k, f"{k.capitalize()} (macro)", {"average": "macro"})
+               for k in ("f1", "precision", "recall")}}
+
+
+def _eval_dataset(data: dict[str, Any]) -> dict[str, str | None]:
+    """The model-index dataset of the test scores: only names that exist (a Hub id and its split, or none)."""
+    if data.get("source") == "hub":
+        given = data.get("made", {}).get("test", "given") == "given"
+        return {"dataset_type": data["dataset_id"], "dataset_config": data.get("dataset_config"),
+                "dataset_split": "test" if given else "train",
+                "dataset_name": f"{data['dataset_id']}, " + ("test split" if given else "rows held out of train")}
+    if data.get("source") == "local":
+        return {"dataset_type": "local-files", "dataset_split": "test", "dataset_name": "local files, test split"}
+    # The SMS data came from UCI's file, not from a Hub dataset: the test split named here is the recipe's own.
+    return {"dataset_type": "uci-sms-spam-collection", "dataset_split": "test",
+            "dataset_name": "SMS Spam Collection v.1 (UCI), the recipe's test split"}
 
 
 def model_card(config: Any, metrics: dict[str, Any], settings: dict[str, Any], info: dict[str, Any],
                model_name: str) -> ModelCard:
     """The README.md: metadata (library, license, dataset, tags, ``model-index`` of the test metrics) and
-    what the model is, how it was trained, how well it does and how to use it.
+    what the model is, what it was trained on, how well it does (per class too) and how to use it.
 
-    ``info`` may name ``base_model`` (kept only if it is a Hub id), ``repo_id``, ``weights``, ``model_size``,
-    ``recipe`` and ``splits``; ``settings`` is an allow-listed summary of the training arguments.
+    ``info`` may name ``base_model`` (kept only if it is a Hub id), ``repo_id``, ``weights``, ``model_size`` and
+    ``data`` (``hf_spam.sources.load_data``'s account of the data; default: the SMS recipe); ``settings`` is an
+    allow-listed summary of the training arguments.
     """
     base_model = info.get("base_model") if is_hub_id(info.get("base_model")) else None
-    # The data came from UCI's file, not from a Hub dataset: the test split named here is the recipe's own.
-    evals = [EvalResult(task_type="text-classification", dataset_type="uci-sms-spam-collection", dataset_split="test",
-                        dataset_name="SMS Spam Collection v.1 (UCI), the recipe's test split", metric_type=key,
-                        metric_name=name, metric_value=round(metrics[f"test_{key}"], 6))
-             for key, name in METRIC_NAMES.items() if isinstance(metrics.get(f"test_{key}"), (int, float))]
-    data = ModelCardData(
-        base_model=base_model, language=["en"], library_name="transformers", license="apache-2.0",
-        pipeline_tag="text-classification", model_name=model_name, eval_results=evals or None, widget=WIDGET,
-        tags=["text-classification", "spam-detection", "gpt2", "hf-spam", "llms-from-scratch"])
-    results = [[split, *(f"{metrics[f'{split}_{k}'] * 100:.2f}%" if f"{split}_{k}" in metrics else ""
-                         for k in METRIC_NAMES), str(metrics.get(f"{split}_examples", ""))]
-               for split in ("train", "validation", "test") if f"{split}_accuracy" in metrics]
+    data = {**SMS_DATA, **(info.get("data") or {})}
+    sms = data["source"] == "sms"
+    labels = [str(config.id2label[i]) for i in range(config.num_labels)]
+    positive = metrics.get("positive_label") or ("spam" if "spam" in labels else labels[-1])
+    names = _metric_names(len(labels) == 2, positive)
+    evals = [EvalResult(task_type="text-classification", task_name="Text classification", metric_type=kind,
+                        metric_name=name, metric_args=args, metric_value=round(metrics[f"test_{key}"], 6),
+                        **_eval_dataset(data))
+             for key, (kind, name, args) in names.items() if isinstance(metrics.get(f"test_{key}"), (int, float))]
+    card = ModelCardData(
+        base_model=base_model, language=["en"] if sms else None, library_name="transformers", license="apache-2.0",
+        pipeline_tag="text-classification", model_name=model_name, eval_results=evals or None,
+        datasets=[data["dataset_id"]] if data.get("source") == "hub" else None, widget=WIDGET if sms else None,
+        tags=["text-classification", *(["spam-detection"] if sms else []), "gpt2", "hf-spam", "llms-from-scratch"])
+    results = [[split, *(f"{metrics[f'{split}_{k}'] * 100:.2f}%" for k in names), str(metrics.get(f"{split}_examples"))]
+               for split in ("train", "validation", "test") if all(f"{split}_{k}" in metrics for k in names)]
+    per_class = [[name, *(f"{scores[k] * 100:.2f}%" for k in ("precision", "recall", "f1")), str(scores["support"])]
+                 for name, scores in (metrics.get("test_per_class") or {}).items()]
     return ModelCard.from_template(
-        data, template_path=str(CARD_TEMPLATE), model_name=model_name, base_model=base_model,
+        card, template_path=str(CARD_TEMPLATE), model_name=model_name, base_model=base_model,
         repo_id=info.get("repo_id") if is_hub_id(info.get("repo_id")) else f"YOUR_NAME/{model_name}",
-        weights=info.get("weights"), model_size=info.get("model_size") or "custom size",
-        recipe=info.get("recipe", "balanced (747 ham + 747 spam, seed 123), shuffled, split 70/10/20"),
-        splits=info.get("splits") or {}, settings=settings, results=results,
+        weights=info.get("weights"), model_size=info.get("model_size") or "custom size", sms=sms,
+        recipe=data.get("recipe"), splits=data.get("splits") or {}, made=data.get("made") or {},
+        dataset_id=data.get("dataset_id"), dataset_config=data.get("dataset_config"), balance=data.get("balance"),
+        labels=labels, positive=positive if len(labels) == 2 else None, settings=settings, results=results,
+        per_class=per_class, confusion=list(zip(labels, metrics.get("test_confusion_matrix") or [])),
         total_parameters=metrics.get("total_parameters"), pooling=config.pooling,
         padded_length=getattr(config, "padded_length", None), n_layers=config.n_layers, n_heads=config.n_heads,
         emb_dim=config.emb_dim, context_length=config.context_length,

@@ -1,8 +1,10 @@
-"""Classification metrics as an ``evaluate`` metric defined here, so they work offline.
+"""Classification metrics as an ``evaluate`` metric defined here, so they work offline, for any number of labels.
 
 ``evaluate.load("accuracy")`` fetches a metric script from the Hub (and fails offline; the evaluate
-wheel ships no scripts). ``SpamMetrics`` is an ``evaluate.Metric`` like any other (``add_batch``,
-``compute``, typed features), with spam (label 1) as the positive class.
+wheel ships no scripts). ``ClassificationMetrics`` is an ``evaluate.Metric`` like any other (``add_batch``,
+``compute``, typed features): accuracy and macro precision/recall/F1, and for two classes the positive
+class's precision/recall/F1 under the plain names (``precision``, ``recall``, ``f1``), as the SMS recipe
+has always reported them with spam positive. ``per_class`` and ``confusion_matrix`` give the rest.
 """
 
 from __future__ import annotations
@@ -13,34 +15,7 @@ import datasets
 import evaluate
 import numpy as np
 
-POSITIVE_LABEL = 1  # spam
-
-
-class SpamMetrics(evaluate.Metric):
-    """Accuracy, and precision, recall and F1 of the spam class."""
-
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description="Accuracy, precision, recall and F1 for ham (0) / spam (1), spam positive.",
-            citation="",
-            inputs_description="predictions and references: integer class ids (0 = ham, 1 = spam)",
-            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
-        )
-
-    def _compute(self, predictions: Any, references: Any) -> dict[str, float]:
-        pred, ref = np.asarray(predictions), np.asarray(references)
-        tp = int(np.sum((pred == POSITIVE_LABEL) & (ref == POSITIVE_LABEL)))
-        precision = tp / max(int(np.sum(pred == POSITIVE_LABEL)), 1)
-        recall = tp / max(int(np.sum(ref == POSITIVE_LABEL)), 1)
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        return {"accuracy": float(np.mean(pred == ref)) if len(ref) else 0.0, "precision": precision,
-                "recall": recall, "f1": f1}
-
-
-def compute_spam_metrics(predictions: Any, references: Any) -> dict[str, float]:
-    """Metrics of integer predictions against references."""
-    return SpamMetrics(keep_in_memory=True).compute(predictions=[int(p) for p in predictions],
-                                                    references=[int(r) for r in references])
+from .errors import HfSpamError
 
 
 def confusion_matrix(predictions: Any, references: Any, num_labels: int = 2) -> np.ndarray:
@@ -48,3 +23,53 @@ def confusion_matrix(predictions: Any, references: Any, num_labels: int = 2) -> 
     cm = np.zeros((num_labels, num_labels), dtype=np.int64)
     np.add.at(cm, (np.asarray(references, dtype=int), np.asarray(predictions, dtype=int)), 1)
     return cm
+
+
+def per_class(cm: np.ndarray) -> list[dict[str, float]]:
+    """Precision, recall, F1 and support of each class from a confusion matrix (0 where undefined)."""
+    out = []
+    for k in range(len(cm)):
+        tp, predicted, actual = cm[k, k], cm[:, k].sum(), cm[k, :].sum()
+        precision, recall = tp / max(predicted, 1), tp / max(actual, 1)
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        out.append({"precision": float(precision), "recall": float(recall), "f1": float(f1), "support": int(actual)})
+    return out
+
+
+class ClassificationMetrics(evaluate.Metric):
+    """Accuracy, macro precision/recall/F1, and with two labels the ``positive`` class's precision/recall/F1."""
+
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description="Accuracy, macro precision/recall/F1 and, for two labels, the positive class's.",
+            citation="",
+            inputs_description="predictions and references: integer class ids; num_labels, positive: ints",
+            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
+        )
+
+    def _compute(self, predictions: Any, references: Any, num_labels: int = 2, positive: int = 1) -> dict[str, float]:
+        cm = confusion_matrix(predictions, references, num_labels)
+        classes = per_class(cm)
+        out = {"accuracy": float(np.trace(cm) / max(cm.sum(), 1))}
+        out.update({f"macro_{key}": float(np.mean([c[key] for c in classes])) for key in ("precision", "recall", "f1")})
+        if num_labels == 2:
+            out.update({key: classes[positive][key] for key in ("precision", "recall", "f1")})
+        return out
+
+
+def compute_metrics(predictions: Any, references: Any, num_labels: int = 2, positive: int = 1) -> dict[str, float]:
+    """Metrics of integer predictions against references (spam, label 1, is the SMS recipe's positive class)."""
+    return ClassificationMetrics(keep_in_memory=True).compute(
+        predictions=[int(p) for p in predictions], references=[int(r) for r in references], num_labels=num_labels,
+        positive=positive)
+
+
+def positive_index(names: list[str], chosen: str | None = None) -> int:
+    """The positive class of two labels: ``chosen`` (``--positive_label``), else ``spam`` when present, else the
+    second label. More than two labels have none (macro averages are reported); ``chosen`` is then an error."""
+    if chosen is not None and (len(names) != 2 or chosen not in names):
+        why = "not a label" if chosen not in names else f"{len(names)} labels report macro averages, not one class's"
+        raise HfSpamError(f"--positive_label {chosen}: {why}; the labels are {', '.join(names)}")
+    if chosen is not None:
+        return names.index(chosen)
+    return names.index("spam") if "spam" in names else 1

@@ -63,10 +63,13 @@ def plot_history(log_history: list[dict], examples_per_step: int, steps_per_epoc
 
 
 def plot_confusion_matrix(cm: Any, labels: list[str], path: Path, title: str) -> Path:
-    """A ``[true, predicted]`` count matrix as a PNG heat map with the counts written in."""
-    fig, ax = plt.subplots(figsize=(4.4, 4.2))
+    """A ``[true, predicted]`` count matrix (any number of labels) as a PNG heat map with the counts written in."""
+    cm = np.asarray(cm)
+    side = max(4.4, 0.45 * len(labels) + 2.5)
+    fig, ax = plt.subplots(figsize=(side, side * 0.95))
     ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(labels)), labels)
+    ax.set_xticks(range(len(labels)), labels, rotation=45 if max(map(len, labels)) > 6 else 0, ha="right"
+                  if max(map(len, labels)) > 6 else "center")
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")

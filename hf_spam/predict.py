@@ -1,4 +1,4 @@
-"""Fast spam/ham prediction with a trained model: ``SpamClassifier``.
+"""Fast prediction with a trained model: ``SpamClassifier`` (ham/spam, or whatever labels the model has).
 
 Texts are tokenized with tiktoken exactly as in training (``encode_ordinary``), sorted by length and
 batched with right padding, so a batch is only as long as its longest text; results come back in input
@@ -39,23 +39,25 @@ DTYPES = {"float32": None, "fp32": None, "bfloat16": torch.bfloat16, "bf16": tor
 
 
 class SpamClassifier:
-    """A trained hf-spam model and its tokenizer, ready to label texts as ham or spam.
+    """A trained hf-spam model and its tokenizer, ready to label texts with the model's own label names.
 
     >>> clf = SpamClassifier.from_pretrained("runs/gpt2-small")       # doctest: +SKIP
     >>> clf.predict(["You won a prize! Call now", "See you at 6?"])     # doctest: +SKIP
-    [{'text': ..., 'label': 'spam', 'spam_probability': 0.99}, {'text': ..., 'label': 'ham', ...}]
+    [{'text': ..., 'label': 'spam', 'probabilities': {'ham': 0.01, 'spam': 0.99}, 'spam_probability': 0.99}, ...]
     """
 
     def __init__(self, model: torch.nn.Module | None, encoding: object, *, device: str | torch.device | None = None,
                  dtype: str | None = None, config: GPTSpamConfig | None = None):
         config = config or model.config  # no model: a subclass computes the logits (hf_spam.export.OnnxClassifier)
         labels = {int(k): str(v) for k, v in config.id2label.items()}
-        if len(labels) != 2 or "spam" not in {v.lower() for v in labels.values()}:
-            raise HfSpamError(f"model: labels {labels}; expected two classes, one of them 'spam'")
+        if len(labels) < 2 or sorted(labels) != list(range(len(labels))):
+            raise HfSpamError(f"model: labels {labels}; expected two or more classes numbered from 0")
         if dtype not in (None, *DTYPES):
             raise HfSpamError(f"dtype: unknown value {dtype!r}; expected one of {', '.join(DTYPES)}")
-        self.spam_index = next(i for i, v in labels.items() if v.lower() == "spam")
-        self.labels, self.encoding = labels, encoding
+        # The chapter's ham/spam models also report P(spam) as `spam_probability`.
+        self.spam_index = next((i for i, v in labels.items() if v.lower() == "spam"), None) if len(labels) == 2 \
+            else None
+        self.labels, self.names, self.encoding = labels, [labels[i] for i in range(len(labels))], encoding
         self.device = checked_device(device) if device is not None else PartialState().default_device  # GPU if any
         self.dtype = DTYPES[dtype] if dtype else None
         if self.dtype == torch.float16 and self.device.type == "cpu":
@@ -156,14 +158,10 @@ class SpamClassifier:
             yield order[start:end]
             start = end
 
-    def spam_probabilities(self, token_ids: Sequence[Sequence[int]], batch_size: int = 64) -> list[float]:
-        """P(spam) per token-id list, in input order."""
-        return [p[self.spam_index] for p in self.probabilities(token_ids, batch_size)]
-
     def predict_labels(self, texts: Sequence[str], batch_size: int = 64) -> list[dict]:
-        """``[{"label", "probabilities": {label: p}}]`` per text, in input order (what the HTTP service returns)."""
-        names = [self.labels[i] for i in range(len(self.labels))]
-        return [{"label": names[max(range(len(p)), key=p.__getitem__)], "probabilities": dict(zip(names, p))}
+        """``[{"label", "probabilities": {label: p}}]`` per text, in input order; ``label`` is the most probable.
+        (What the HTTP service returns.)"""
+        return [{"label": self.names[max(range(len(p)), key=p.__getitem__)], "probabilities": dict(zip(self.names, p))}
                 for p in self.probabilities(self.encode(texts), batch_size)]
 
     def _logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -176,12 +174,14 @@ class SpamClassifier:
         return gpt.out_head(gpt.final_norm(hidden)[torch.arange(len(last), device=last.device), last])
 
     def predict(self, texts: str | Sequence[str], batch_size: int = 64, *, return_text: bool = True) -> list[dict]:
-        """``[{"text", "label", "spam_probability"}]`` per text, in input order; ``label`` is the argmax."""
+        """``[{"text", "label", "probabilities"}]`` per text, in input order; ``label`` is the most probable, and
+        a ham/spam model adds ``spam_probability``."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        spam, ham = self.labels[self.spam_index], self.labels[1 - self.spam_index]
-        probs = self.spam_probabilities(self.encode(texts), batch_size)
-        return [{**({"text": t} if return_text else {}), "label": spam if p > 0.5 else ham, "spam_probability": p}
-                for t, p in zip(texts, probs)]
+        records = self.predict_labels(texts, batch_size)
+        spam = self.labels.get(self.spam_index)
+        return [{**({"text": t} if return_text else {}), **r,
+                 **({"spam_probability": r["probabilities"][spam]} if spam is not None else {})}
+                for t, r in zip(texts, records)]
 
     def predict_stream(self, lines: Iterable[str], batch_size: int = 64, chunk_size: int = 1024, *,
                        return_text: bool = True) -> Iterator[dict]:

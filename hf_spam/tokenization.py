@@ -143,7 +143,9 @@ def tokenize_splits(
     elif max_length is not None:
         length = min(max_length, context_length)
     elif padding == "longest_train":
-        length = min(max(len(ids) for ids in encoded["train"]["input_ids"]), context_length)
+        longest = max(max(map(len, batch["input_ids"]), default=0)  # a batch at a time: never a whole column
+                      for batch in encoded["train"].select_columns(["input_ids"]).iter(batch_size=4096))
+        length = min(longest, context_length)
     else:
         length = context_length
 

@@ -12,11 +12,12 @@ import platform
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -24,8 +25,8 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .arguments import DataArguments, ModelArguments
 from .errors import HfSpamError
-from .files import write_text
-from .metrics import compute_spam_metrics
+from .files import is_hub_id, write_text
+from .metrics import compute_metrics, confusion_matrix, per_class
 
 logger = logging.getLogger("hf_spam")
 history = logging.getLogger("hf_spam.history")
@@ -102,9 +103,12 @@ def prepare_output_dir(args: TrainingArguments) -> Path:
     return out
 
 
-def setup_logging(output_dir: Path, is_main: bool) -> None:
-    """Our messages at INFO on stdout and in ``OUTPUT_DIR/train.log`` (main process); libraries stay quiet.
-    The log is appended to (a resumed run continues it) but never through a symbolic link."""
+def setup_logging(output_dir: Path, is_main: bool, progress_bars: bool = True) -> None:
+    """Our messages at INFO on stdout and in ``OUTPUT_DIR/train.log`` (main process); libraries stay quiet, and
+    ``datasets``' progress bars follow Trainer's (``--disable_tqdm``). The log is appended to (a resumed run
+    continues it) but never through a symbolic link."""
+    if not progress_bars:
+        datasets.disable_progress_bars()
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
     if is_main:
@@ -180,17 +184,24 @@ class HistoryLogCallback(TrainerCallback):
         return control
 
 
-def trainer_compute_metrics(eval_pred: Any) -> dict[str, float]:
-    """``compute_metrics`` for ``Trainer``: the argmax of the logits against the labels."""
-    logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-    return compute_spam_metrics(logits.argmax(axis=-1), eval_pred.label_ids)
+def classification_metrics(num_labels: int = 2, positive: int = 1) -> Callable[[Any], dict[str, float]]:
+    """``compute_metrics`` for ``Trainer``: the argmax of the logits against the labels (``hf_spam.metrics``;
+    with two labels, ``positive``'s precision/recall/F1)."""
+
+    def compute(eval_pred: Any) -> dict[str, float]:
+        logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        return compute_metrics(logits.argmax(axis=-1), eval_pred.label_ids, num_labels, positive)
+
+    return compute
 
 
-def evaluate_splits(trainer: Trainer, splits: dict[str, Any]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Accuracy, precision, recall, F1 and loss on every example of each split, how many were scored (each
-    exactly once, also with several processes: ``Trainer.predict`` gathers with ``gather_for_metrics``), and
-    the logits per split, in the split's order."""
-    out: dict[str, float] = {}
+def evaluate_splits(trainer: Trainer, splits: dict[str, Any],
+                    label_names: list[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Scores on every example of each split (each exactly once, also with several processes:
+    ``Trainer.predict`` gathers with ``gather_for_metrics``): loss, accuracy, macro and (two labels) positive-class
+    precision/recall/F1, how many were scored, per-class scores and the confusion matrix; and the logits per
+    split, in the split's order."""
+    out: dict[str, Any] = {}
     logits = {}
     for name, ds in splits.items():
         result = trainer.predict(ds, metric_key_prefix=name)
@@ -198,6 +209,9 @@ def evaluate_splits(trainer: Trainer, splits: dict[str, Any]) -> tuple[dict[str,
                     if k.rsplit("_", 1)[-1] in ("accuracy", "precision", "recall", "f1", "loss")})
         out[f"{name}_examples"] = int(len(result.label_ids))
         logits[name] = result.predictions[0] if isinstance(result.predictions, tuple) else result.predictions
+        cm = confusion_matrix(logits[name].argmax(axis=-1), result.label_ids, len(label_names))
+        out[f"{name}_per_class"] = dict(zip(label_names, per_class(cm)))
+        out[f"{name}_confusion_matrix"] = cm.tolist()
     return out, logits
 
 
@@ -212,11 +226,14 @@ def write_predictions(path: Path, texts: list[str], labels: list[int], logits: n
     return write_text(path, "".join(line + "\n" for line in lines))
 
 
-def format_accuracy_table(metrics: dict[str, float]) -> str:
-    """The chapter's final printout of accuracies, as a small table."""
-    lines = ["| split | accuracy | F1 (spam) | examples |", "|---|---|---|---|"]
+def format_accuracy_table(metrics: dict[str, Any], label_names: list[str], positive: int = 1) -> str:
+    """The chapter's final printout of accuracies, as a small table: with the positive class's F1 for two
+    labels, the macro F1 for more."""
+    two = len(label_names) == 2
+    f1, header = ("f1", f"F1 ({label_names[positive]})") if two else ("macro_f1", "macro F1")
+    lines = [f"| split | accuracy | {header} | examples |", "|---|---|---|---|"]
     for s in (s for s in ("train", "validation", "test") if f"{s}_accuracy" in metrics):
-        lines.append(f"| {s} | {metrics[f'{s}_accuracy'] * 100:.2f}% | {metrics[f'{s}_f1']:.4f} | "
+        lines.append(f"| {s} | {metrics[f'{s}_accuracy'] * 100:.2f}% | {metrics[f'{s}_{f1}']:.4f} | "
                      f"{int(metrics[f'{s}_examples'])} |")
     return "\n".join(lines)
 
@@ -225,20 +242,27 @@ def format_accuracy_table(metrics: dict[str, float]) -> str:
 # tokens, local paths and other private values never leave the machine.
 SUMMARY_FIELDS = (
     "model_size", "weights", "trainable_layers", "pooling", "drop_rate", "disable_causal_mask", "lora_rank",
-    "lora_alpha", "lora_dropout", "natural_balance", "padding", "max_length", "learning_rate", "weight_decay",
-    "lr_scheduler_type", "warmup_steps", "num_train_epochs", "max_steps", "per_device_train_batch_size",
-    "per_device_eval_batch_size", "gradient_accumulation_steps", "dataloader_drop_last", "seed", "eval_steps",
-    "bf16", "fp16", "optim", "cache_features",
+    "lora_alpha", "lora_dropout", "natural_balance", "padding", "max_length", "split_seed",
+    "validation_split_percentage", "test_split_percentage", "max_train_samples", "max_eval_samples",
+    "max_test_samples", "learning_rate", "weight_decay", "lr_scheduler_type", "warmup_steps", "num_train_epochs",
+    "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+    "dataloader_drop_last", "seed", "eval_steps", "bf16", "fp16", "optim", "cache_features", "feature_dtype",
 )
+# Kept too when the data is the user's (a Hub dataset's id only: a local path stays private).
+USER_DATA_FIELDS = ("dataset_name", "dataset_config_name", "text_column", "label_column", "balance", "positive_label")
 
 
 def run_summary(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict[str, Any]:
     """The allow-listed settings of a run, as JSON-friendly values."""
     values = {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args)}
     out = {}
-    for key in SUMMARY_FIELDS:
+    for key in SUMMARY_FIELDS + (USER_DATA_FIELDS if data_args.user_data else ()):
         value = values[key] if key in values else getattr(args, key, None)
         out[key] = getattr(value, "value", value)  # enums (scheduler, optimizer) as their names
+    if data_args.user_data:
+        out.pop("natural_balance")
+        if not is_hub_id(out["dataset_name"]):
+            out["dataset_name"] = "local files"
     if model_args.trainable_layers != "lora":
         for key in ("lora_rank", "lora_alpha", "lora_dropout"):
             out.pop(key)

@@ -199,11 +199,11 @@ def load_gpt2(source: str | os.PathLike, **kwargs: Any) -> GPTModel:
     return gpt_from_state_dict(*load_gpt2_state_dict(source, **kwargs))
 
 
-def build_model(model_args: ModelArguments, padded_length: int | None = None,
-                seed: int = 123) -> GPTSpamForSequenceClassification:
-    """The classifier the recipe trains: GPT-2's weights (or random ones) and a new 2-way ``out_head``
-    created right after ``torch.manual_seed(seed)`` (the chapter's 123), or a classifier folder this recipe
-    saved (``--model_name_or_path TRAINED_DIR``), as it was trained.
+def build_model(model_args: ModelArguments, padded_length: int | None = None, seed: int = 123,
+                labels: list[str] | None = None) -> GPTSpamForSequenceClassification:
+    """The classifier the recipe trains: GPT-2's weights (or random ones) and a new ``out_head`` with one
+    output per label (default ham, spam) created right after ``torch.manual_seed(seed)`` (the chapter's 123),
+    or a classifier folder this recipe saved (``--model_name_or_path TRAINED_DIR``), as it was trained.
 
     ``config.padded_length`` is the fixed length of the training inputs, if any: prediction with ``last``
     pooling pads to it. (Not ``max_length``: transformers treats that name as a generation setting.)
@@ -212,6 +212,8 @@ def build_model(model_args: ModelArguments, padded_length: int | None = None,
         return GPTSpamForSequenceClassification.from_pretrained(model_args.model_name_or_path)
     extra = {"pooling": model_args.pooling, "drop_rate": model_args.drop_rate,
              "causal": not model_args.disable_causal_mask, "padded_length": padded_length}
+    if labels is not None:
+        extra.update(id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})
     if model_args.weights == "random":
         torch.manual_seed(seed)
         model = GPTSpamForSequenceClassification(GPTSpamConfig.from_preset(model_args.model_size, **extra))

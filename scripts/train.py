@@ -1,5 +1,6 @@
-"""Fine-tune GPT-2 as an SMS spam classifier: chapter 6 of *Build a Large Language Model (From Scratch)*
-with transformers' Trainer. The recipe reads top to bottom in ``main``; each step is one call into hf_spam.
+"""Fine-tune GPT-2 as a text classifier: chapter 6 of *Build a Large Language Model (From Scratch)* with
+transformers' Trainer, on the chapter's SMS spam data by default or on your own (``--dataset_name`` or
+``--train_file``). The recipe reads top to bottom in ``main``; each step is one call into hf_spam.
 
     python scripts/train.py --config configs/tiny.yaml --output_dir runs/tiny [--flag value ...]
     accelerate launch scripts/train.py --config configs/seed.yaml --output_dir runs/seed
@@ -14,24 +15,28 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import torch
 from transformers import DataCollatorWithPadding, EarlyStoppingCallback, set_seed
 
 from hf_spam.arguments import is_trained_classifier, parse_args
-from hf_spam.data import load_sms_spam, write_splits_csv
+from hf_spam.data import write_splits_csv
 from hf_spam.errors import HfSpamError, run_main
 from hf_spam.feature_cache import prepare_cached_training
 from hf_spam.files import cache_dir, write_json
 from hf_spam.hub import push_folder_to_hub, save_model_folder
 from hf_spam.lora import apply_lora, save_adapter_and_merge
+from hf_spam.metrics import positive_index
 from hf_spam.modeling_gpt import count_parameters
-from hf_spam.plots import plot_history
+from hf_spam.plots import plot_confusion_matrix, plot_history
+from hf_spam.sources import load_data
 from hf_spam.tokenization import build_hf_tokenizer, tokenize_splits
 from hf_spam.training import (
     EpochAccuracyCallback,
     HistoryLogCallback,
     SpamTrainer,
+    classification_metrics,
     configure_cpu_threads,
     configure_processes,
     describe_device,
@@ -44,13 +49,12 @@ from hf_spam.training import (
     run_summary,
     set_trainable_layers,
     setup_logging,
-    trainer_compute_metrics,
     write_predictions,
 )
 from hf_spam.weights import HUB_IDS, build_model
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.time()
 
     # 1. Arguments (--config YAML as defaults, flags win), processes, CPU threads, logging, seed.
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     hub_token, args.hub_token = args.hub_token, None  # pushed with at the end, never pickled into checkpoints
     out_dir = prepare_output_dir(args)
     resume = resume_target(args.resume_from_checkpoint, out_dir)
-    setup_logging(out_dir, is_main=args.process_index == 0)
+    setup_logging(out_dir, is_main=args.process_index == 0, progress_bars=not args.disable_tqdm)
     threads = configure_cpu_threads(args.cpu_threads)
     logger.info("%d process(es), %s, %d PyTorch threads each", args.world_size, describe_device(args.device), threads)
     push, args.push_to_hub = args.push_to_hub, False  # the Trainer would create the repo now; step 11 pushes
@@ -69,16 +73,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         raise HfSpamError("--trainable_layers lora: not supported with FSDP; use configs/accelerate/multi_gpu.yaml")
     set_seed(args.seed)
 
-    # 2. Data: the SMS Spam Collection, balanced and split 70/10/20 like the chapter (1,045 / 149 / 300 rows).
-    raw = load_sms_spam(data_args.data_file, cache=data_args.data_cache_dir, balanced=not data_args.natural_balance,
-                        seed=data_args.split_seed)
+    # 2. Data: the SMS Spam Collection, balanced and split 70/10/20 like the chapter (1,045 / 149 / 300 rows), or
+    #    yours (--dataset_name or --train_file ...: your columns, two or more labels, missing splits cut stratified).
+    raw, data_info = load_data(data_args)
+    labels = data_info["labels"]
+    positive = positive_index(labels, data_args.positive_label)  # two labels: whose precision/recall/F1
     if data_args.write_csv and args.process_index == 0:
         write_splits_csv(raw, out_dir)
 
-    # 3. Model: GPT-2's weights in the chapter's GPTModel and a new 2-way head created after seeding with --seed
-    #    (the chapter's 123), or a classifier folder trained before (--model_name_or_path TRAINED_DIR).
-    model = build_model(model_args, seed=args.seed)
+    # 3. Model: GPT-2's weights in the chapter's GPTModel and a new head, one output per label, created after
+    #    seeding with --seed (the chapter's 123), or a classifier folder trained before (--model_name_or_path DIR).
+    model = build_model(model_args, seed=args.seed, labels=labels)
     trained = is_trained_classifier(model_args.model_name_or_path)
+    if trained and [model.config.id2label[i] for i in range(model.config.num_labels)] != labels:
+        raise HfSpamError(f"--model_name_or_path {model_args.model_name_or_path}: its labels "
+                          f"{list(model.config.id2label.values())} differ from the data's {labels}")
 
     # 4. Tokenize with tiktoken's GPT-2 encoding, padded to the longest training text (or per batch); a trained
     #    folder is fed texts of the length it was trained on.
@@ -90,7 +99,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         model.config.padded_length = length  # prediction pads `last` pooling to it, as training did
     tokenized = tokenized.rename_column("label", "labels").remove_columns(["text"])
     tokenizer = build_hf_tokenizer(model_args.bpe_dir)  # the same ids: pads batches, ships with the model
-    logger.info("Data: %s; padding %s (length %s)", {k: len(v) for k, v in tokenized.items()}, padding, length)
+    logger.info("Data: %s, labels %s; padding %s (length %s)", data_info["splits"], ", ".join(labels), padding,
+                length)
 
     # 5. What trains: the chapter's freezing choices, or LoRA adapters through peft.
     lora = model_args.trainable_layers == "lora" and args.do_train
@@ -108,14 +118,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         logger.info("Frozen-trunk feature cache not used: FSDP shards the trunk it would run on one device")
     cached = None if lora or fsdp or not (args.cache_features and args.do_train) else prepare_cached_training(
         model, tokenized, trainable_layers=model_args.trainable_layers, padding=data_args.padding,
-        training_args=args, cache_dir=cache_dir(data_args.data_cache_dir) / "features")
+        training_args=args, feature_dtype=args.feature_dtype,
+        cache_dir=args.feature_cache_dir or cache_dir(data_args.data_cache_dir) / "features")
     if cached is not None:
         train_model, data, collator = cached.model, cached.datasets, cached.collator
 
     # 7. Trainer, plus the chapter's per-epoch accuracy (a few training batches and the validation set) and,
     #    with --early_stopping_patience, transformers' early stopping.
     trainer = SpamTrainer(model=train_model, args=args, train_dataset=data["train"], eval_dataset=data["validation"],
-                          data_collator=collator, compute_metrics=trainer_compute_metrics,
+                          data_collator=collator, compute_metrics=classification_metrics(len(labels), positive),
                           callbacks=[HistoryLogCallback()])
     n_plot = min(len(data["train"]), args.plot_train_batches * args.per_device_train_batch_size)
     trainer.add_callback(EpochAccuracyCallback(trainer, data["train"].select(range(n_plot)), data["validation"]))
@@ -126,11 +137,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     #    weights at the end with --load_best_model_at_end.
     result = trainer.train(resume_from_checkpoint=resume) if args.do_train else None
 
-    # 9. Accuracy, precision, recall, F1 and loss on every example of each split (--do_eval), and the test
-    #    split's predictions (--do_predict).
+    # 9. Accuracy, precision, recall, F1 (macro, per class and, for two labels, the positive class's), confusion
+    #    matrix and loss on every example of each split (--do_eval), and the test split's predictions (--do_predict).
     splits = [s for s in ("train", "validation", "test") if args.do_eval or (args.do_predict and s == "test")]
-    metrics, logits = evaluate_splits(trainer, {split: data[split] for split in splits})
-    metrics.update(train_runtime_seconds=time.time() - started, trainable_parameters=trainable,
+    metrics, logits = evaluate_splits(trainer, {split: data[split] for split in splits}, labels)
+    metrics.update(label_names=labels, **({"positive_label": labels[positive]} if len(labels) == 2 else {}),
+                   train_runtime_seconds=time.time() - started, trainable_parameters=trainable,
                    total_parameters=total, device=str(args.device), device_name=describe_device(args.device),
                    cpu_threads=threads, num_processes=args.world_size)
     if result is not None:
@@ -142,7 +154,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     state_dict = trainer.accelerator.get_state_dict(trainer.model) if fsdp and args.do_train else None  # all ranks
     if trainer.is_world_process_zero():
         if args.do_eval:
-            print(format_accuracy_table(metrics))
+            print(format_accuracy_table(metrics, labels, positive))
+        if "test_confusion_matrix" in metrics:
+            plot_confusion_matrix(metrics["test_confusion_matrix"], labels, out_dir / "confusion-matrix.png",
+                                  f"test split ({metrics['test_examples']} examples)")
         if args.do_predict:
             write_predictions(out_dir / "predictions.jsonl", raw["test"]["text"], raw["test"]["label"],
                               logits["test"], model.config.id2label)
@@ -158,9 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                                   "base_model": (model_args.model_name_or_path or HUB_IDS[model_args.model_size])
                                   if pretrained else None,
                                   "weights": model_args.weights, "model_size": model_args.model_size,
-                                  "repo_id": args.hub_model_id, "splits": {k: len(v) for k, v in raw.items()},
-                                  "recipe": "natural balance, stratified 70/10/20" if data_args.natural_balance
-                                  else "balanced (747 ham + 747 spam), shuffled, split 70/10/20"})
+                                  "repo_id": args.hub_model_id, "data": data_info})
             examples_per_step = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
             plot_history(trainer.state.log_history, examples_per_step,
                          math.floor(len(data["train"]) / examples_per_step) or 1, out_dir)

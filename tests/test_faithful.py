@@ -96,7 +96,8 @@ def test_scoring_a_trained_folder_without_training(runs, tmp_path, sms_file):
                         str(out), "--do_train", "false", "--do_eval", "true", "--do_predict", "true",
                         "--disable_tqdm", "true"])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "predictions.jsonl", "train.log"]
+    assert sorted(p.name for p in out.iterdir()) == ["confusion-matrix.png", "metrics.json", "predictions.jsonl",
+                                                     "train.log"]
     before, after = (json.loads((f / "metrics.json").read_text()) for f in (runs["last_120"], out))
     for key in ("train_accuracy", "validation_accuracy", "test_accuracy", "test_f1", "test_examples"):
         assert after[key] == pytest.approx(before[key], abs=1e-6), key
@@ -199,6 +200,10 @@ README_FLAGS = {
     "--push_to_hub": "pushes or fails in a line", "--hub_model_id": "push", "--hub_private_repo": "push",
     "--hub_revision": "push", "--hub_strategy": "only `end`", "--hub_token": "push", "--report_to": "or refused",
     "--help": "help", "--quiet": "accelerate's",
+    # your own data: tested in test_any_data.py
+    "--dataset_name": "Hub id or folder", "--train_file": "files", "--text_column": "columns",
+    "--label_column": "columns", "--label_names": "label names", "--max_train_samples": "quick runs",
+    "--positive_label": "two labels", "--feature_dtype": "half the disk", "--feature_cache_dir": "cache list",
 }
 
 

@@ -127,7 +127,9 @@ def test_ctrl_c_is_one_line_and_keeps_the_checkpoints(tmp_path, sms_file):
     cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", "configs/tiny.yaml", "--data_file",
            str(sms_file), "--output_dir", str(out), "--save_strategy", "steps", "--save_steps", "20",
            "--num_train_epochs", "1", "--disable_tqdm", "true"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # A shell's background job inherits SIGINT ignored, and Python then keeps it ignored: restore the default.
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not (out / "checkpoint-20" / "trainer_state.json").exists() and time.time() < deadline:
         assert proc.poll() is None, proc.stderr.read()[-2000:]
@@ -147,14 +149,14 @@ def test_a_damaged_feature_cache_heals_and_an_unwritable_one_is_skipped(sms_file
     args = trainer_args(tmp_path / "out")
     first = prepare_cached_training(tiny_model("last_block", "last_non_pad", None), tok, trainable_layers="last_block",
                                     padding="dynamic", training_args=args, cache_dir=tmp_path / "cache")
-    states = first.datasets["train"][5]["hidden_states"]
+    states = first.states("train", 5)
     damaged = first.cache_files["train"]
     damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])  # a kill or a full disk
     healed = prepare_cached_training(tiny_model("last_block", "last_non_pad", None), tok,
                                      trainable_layers="last_block", padding="dynamic", training_args=args,
                                      cache_dir=tmp_path / "cache")
     assert "damaged frozen-trunk feature cache file" in caplog.text
-    assert torch.equal(torch.as_tensor(healed.datasets["train"][5]["hidden_states"]), torch.as_tensor(states))
+    assert torch.equal(healed.states("train", 5), states)
     (tmp_path / "a_file").write_text("x")
     assert prepare_cached_training(tiny_model("last_block", "last_non_pad", None), tok, trainable_layers="last_block",
                                    padding="dynamic", training_args=args, cache_dir=tmp_path / "a_file") is None

@@ -67,8 +67,8 @@ def saved(tmp_path_factory: pytest.TempPathFactory, sms_file: Path, bpe_dir: Pat
     settings = run_summary(ModelArguments(model_size="tiny", weights="random", bpe_dir=str(bpe_dir)),
                            DataArguments(data_file=str(sms_file), data_cache_dir=str(root)), args)
     info = {"base_model": None, "weights": "pretrained", "model_size": "tiny",
-            "recipe": "balanced (747 ham + 747 spam), 70/10/20",
-            "splits": {"train": 1045, "validation": 149, "test": 300}}
+            "data": {"source": "sms", "recipe": "balanced (747 ham + 747 spam), 70/10/20",
+                     "splits": {"train": 1045, "validation": 149, "test": 300}}}
     out = save_model_folder(model, folder, metrics=METRICS, settings=settings, info=info, bpe_dir=bpe_dir)
     return {"root": root, "folder": out, "model": model, "bpe_dir": bpe_dir, "sms_file": sms_file}
 

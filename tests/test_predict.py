@@ -18,7 +18,7 @@ from hf_spam import GPTSpamForSequenceClassification
 from hf_spam.cli import main as cli_main
 from hf_spam.errors import HfSpamError, UnavailableError
 from hf_spam.hub import save_model_folder
-from hf_spam.metrics import compute_spam_metrics, confusion_matrix
+from hf_spam.metrics import compute_metrics, confusion_matrix
 from hf_spam.predict import SpamClassifier
 from hf_spam.tokenization import PAD_TOKEN_ID, get_encoding, pad_and_truncate
 
@@ -230,7 +230,7 @@ def test_cli_predict_texts_as_arguments(folders: dict[str, Path], capsys: pytest
     expected = SpamClassifier.from_pretrained(folders["last_padded"], device="cpu").predict(texts)
     assert [r["text"] for r in records] == texts  # arguments are used exactly as given
     for got, want in zip(records, expected):
-        assert set(got) == {"text", "label", "spam_probability"} and got["label"] == want["label"]
+        assert set(got) == {"text", "label", "probabilities", "spam_probability"} and got["label"] == want["label"]
         assert got["spam_probability"] == pytest.approx(want["spam_probability"], abs=1e-5)
 
 
@@ -328,7 +328,7 @@ def test_cli_evaluate_labelled_file(folders: dict[str, Path], sms_file: Path, tm
     truth = [1 if r.startswith("spam\t") else 0 for r in rows]
     records = SpamClassifier.from_pretrained(folders["last_padded"], device="cpu").predict(texts)
     predicted = [1 if r["label"] == "spam" else 0 for r in records]
-    metrics = compute_spam_metrics(predicted, truth)
+    metrics = compute_metrics(predicted, truth)
     cm = confusion_matrix(predicted, truth)
     saved = json.loads((out_dir / "eval_metrics.json").read_text())
     for key in ("accuracy", "precision", "recall", "f1"):
@@ -340,8 +340,8 @@ def test_cli_evaluate_labelled_file(folders: dict[str, Path], sms_file: Path, tm
     assert f"{'ham':<8}{cm[0, 0]:>8}{cm[0, 1]:>8}\n{'spam':<8}{cm[1, 0]:>8}{cm[1, 1]:>8}" in stdout
     import matplotlib.image
 
-    assert (out_dir / "confusion_matrix.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
-    assert matplotlib.image.imread(out_dir / "confusion_matrix.png").shape[0] > 100
+    assert (out_dir / "confusion-matrix.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert matplotlib.image.imread(out_dir / "confusion-matrix.png").shape[0] > 100
     assert not [p for p in out_dir.iterdir() if p.name.startswith(".")]
 
 
@@ -349,7 +349,7 @@ def test_cli_evaluate_on_the_chapter_test_split(folders: dict[str, Path], sms_fi
                                                capsys: pytest.CaptureFixture, one_thread: None) -> None:
     cli_main(["evaluate", "--model", str(folders["last_non_pad"]), "--data_file", str(sms_file)])
     out = capsys.readouterr().out
-    assert "the test split (300 messages) of SMSSpamCollection" in out
+    assert "the test split (300 rows) of SMSSpamCollection" in out
     assert "accuracy" in out and "Confusion matrix" in out
     counts = [int(x) for line in out.splitlines()[-2:] for x in line.split()[1:]]
     assert sum(counts) == 300

@@ -19,7 +19,7 @@ from hf_spam.data import load_sms_spam
 from hf_spam.feature_cache import FrozenTrunkSuffix, caching_blocker, dataset_content_hash, prepare_cached_training
 from hf_spam.modeling_gpt import GPTSpamConfig, GPTSpamForSequenceClassification
 from hf_spam.tokenization import build_hf_tokenizer, tokenize_splits
-from hf_spam.training import set_trainable_layers, trainer_compute_metrics
+from hf_spam.training import classification_metrics, set_trainable_layers
 from hf_spam.weights import build_model
 
 SIZES = {"train": 96, "validation": 24, "test": 24}
@@ -81,7 +81,7 @@ def train_once(raw, tmp_path: Path, *, trainable: str, pooling: str, padding: st
         model, data, collator = info.model, info.datasets, info.collator
     losses = StepLosses()
     trainer = Trainer(model=model, args=args, train_dataset=data["train"], eval_dataset=data["validation"],
-                      data_collator=collator, compute_metrics=trainer_compute_metrics, callbacks=[losses])
+                      data_collator=collator, compute_metrics=classification_metrics(), callbacks=[losses])
     trainer.train()
     metrics = trainer.evaluate()
     return losses.losses, metrics, full, info
@@ -147,14 +147,13 @@ def test_cache_is_reused_and_invalidated_by_weights_data_and_padding(raw, tmp_pa
     assert set(first.cache_files) == {"train", "validation", "test"}
     stamps = {split: path.stat().st_mtime_ns for split, path in first.cache_files.items()}
     # Only real tokens are stored with dynamic padding: one row of emb_dim floats per token.
-    row = first.datasets["train"][0]
-    assert row["hidden_states"].shape == (len(tok["train"][0]["input_ids"]), model.config.emb_dim)
+    assert first.states("train", 0).shape == (len(tok["train"][0]["input_ids"]), model.config.emb_dim)
 
     # Same weights and data (a new model object): the same files, read back, not rewritten.
     again = prepare(tiny_model("last_block", "last_non_pad", None), tok)
     assert again.cache_files == first.cache_files
     assert {s: p.stat().st_mtime_ns for s, p in again.cache_files.items()} == stamps
-    assert (again.datasets["train"][3]["hidden_states"] == row_3(first)).all()
+    assert torch.equal(again.states("train", 3), first.states("train", 3))
 
     # Training the trainable block does not touch the frozen prefix: still the same cache.
     with torch.no_grad():
@@ -166,8 +165,7 @@ def test_cache_is_reused_and_invalidated_by_weights_data_and_padding(raw, tmp_pa
         model.gpt.trf_blocks[0].ff.layers[0].bias.add_(0.1)
     changed = prepare(model, tok)
     assert changed.cache_files["train"] != first.cache_files["train"]
-    assert not torch.allclose(torch.as_tensor(changed.datasets["train"][3]["hidden_states"]),
-                              torch.as_tensor(row_3(first)))
+    assert not torch.allclose(changed.states("train", 3), first.states("train", 3))
 
     # Different data (one text dropped) and different padding: new files for the affected splits.
     fresh = tiny_model("last_block", "last_non_pad", None)
@@ -179,11 +177,11 @@ def test_cache_is_reused_and_invalidated_by_weights_data_and_padding(raw, tmp_pa
     assert all(longest.cache_files[s] != first.cache_files[s] for s in SIZES)
     # last_non_pad reads real tokens only: the padding is not stored ...
     real = sum(padded["validation"][0]["attention_mask"])
-    assert real < length and longest.datasets["validation"][0]["hidden_states"].shape == (real, fresh.config.emb_dim)
+    assert real < length and longest.states("validation", 0).shape == (real, fresh.config.emb_dim)
     # ... but the chapter's `last` pooling reads a padded position: every position is kept (another file).
     chapter = prepare(tiny_model("last_block", "last", length), padded, padding="longest_train")
     assert chapter.cache_files["validation"] != longest.cache_files["validation"]
-    assert chapter.datasets["validation"][0]["hidden_states"].shape == (length, fresh.config.emb_dim)
+    assert chapter.states("validation", 0).shape == (length, fresh.config.emb_dim)
 
 
 def test_cache_key_changes_with_one_token_or_label():
@@ -199,9 +197,6 @@ def test_cache_key_changes_with_one_token_or_label():
     assert len({base, key([[1, 2, 3], [4, 6]], [0, 1]), key([[1, 2, 3], [4, 5]], [0, 0]),
                 key([[1, 2], [3, 4, 5]], [0, 1])}) == 4
 
-
-def row_3(info):
-    return info.datasets["train"][3]["hidden_states"]
 
 
 def test_caching_applies_only_where_the_trunk_is_frozen_and_deterministic():
@@ -301,7 +296,9 @@ def test_training_job_uses_the_cache_end_to_end_and_resumes_to_the_same_model(sm
     assert_same_trained_weights(saved_plain, load_file(crossed_dir / "model.safetensors"), initial)
 
 
-def test_bf16_autocast_matches_float32_accuracy(sms_file, tmp_path):
+@pytest.mark.parametrize("cache", [False, True])
+def test_bf16_autocast_matches_float32_accuracy(sms_file, tmp_path, cache):
+    """--bf16 through the whole model, and (cache) for the frozen trunk's cached features and the top."""
     if not torch.backends.mkldnn.is_available():
         pytest.skip("bf16 autocast on CPU needs oneDNN")
     data = load_sms_spam(sms_file)  # the whole splits: an accuracy comparison needs examples
@@ -310,9 +307,11 @@ def test_bf16_autocast_matches_float32_accuracy(sms_file, tmp_path):
                        "test": data["test"].select(range(8))})
     results = {}
     for bf16 in (False, True):
-        # Both blocks, final norm and head trained, no cache: bf16 autocast runs through the whole model.
-        results[bf16] = train_once(data, tmp_path / str(bf16), trainable="last_two_blocks", pooling="last_non_pad",
-                                   padding="dynamic", cache=False, bf16=bf16, max_steps=80, logging_steps=10)
+        # Without the cache both blocks, final norm and head train and bf16 autocast runs through the whole model;
+        # with it the first block's cached output is computed under bf16 autocast and the top trains on it.
+        results[bf16] = train_once(data, tmp_path / str(bf16), trainable="last_block" if cache else "last_two_blocks",
+                                   pooling="last_non_pad", padding="dynamic", cache=cache, bf16=bf16, max_steps=80,
+                                   logging_steps=10)
     (f_losses, f_metrics, _, _), (b_losses, b_metrics, _, _) = results[False], results[True]
     accuracies = (f_metrics["eval_accuracy"], b_metrics["eval_accuracy"])
     assert accuracies[0] >= 0.8, accuracies  # it learned (chance is 0.5), so the comparison means something

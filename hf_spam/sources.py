@@ -1,0 +1,192 @@
+"""Where the recipe's data comes from: the SMS Spam Collection (the chapter's default), a Hub dataset or local
+folder (``--dataset_name``), or CSV/TSV/JSON/JSONL/Parquet files (``--train_file`` ...), with your text and
+label columns and two or more labels.
+
+``load_data`` always gives the same shape: a ``DatasetDict`` with ``train``/``validation``/``test`` and the
+columns ``text`` and ``label`` (a ``ClassLabel`` holding the label names), plus what the model card says
+about the data. Splits that are not given are cut from the training rows, stratified by label; every check
+names the file, split, column, row or label that is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from .arguments import DataArguments
+from .data import load_sms_spam
+from .errors import HfSpamError, UnavailableError, one_line
+from .files import is_hub_id
+
+# datasets' builder and options per extension; CSV cells such as "NA" or "null" stay text.
+BUILDERS = {".csv": ("csv", {"keep_default_na": False}), ".tsv": ("csv", {"delimiter": "\t", "keep_default_na": False}),
+            ".json": ("json", {}), ".jsonl": ("json", {}), ".parquet": ("parquet", {})}
+SPLITS = ("train", "validation", "test")
+
+
+def _load_file(path: str, split: str) -> datasets.Dataset:
+    file = Path(path)
+    if file.suffix.lower() not in BUILDERS:
+        raise HfSpamError(f"{file}: unknown extension {file.suffix or '(none)'!r}; expected one of "
+                          f"{', '.join(BUILDERS)}")
+    if not file.is_file():
+        raise HfSpamError(f"{file}: file not found (--{split}_file)")
+    if file.stat().st_size == 0:
+        raise HfSpamError(f"{file}: empty file; expected the {split} rows")
+    builder, options = BUILDERS[file.suffix.lower()]
+    try:
+        return datasets.load_dataset(builder, data_files={split: str(file)}, split=split, **options)
+    except Exception as err:  # the builders raise many types for a malformed file
+        raise HfSpamError(f"{file}: not readable as {file.suffix.lower()[1:]} ({one_line(err)[:200]})") from None
+
+
+def _load_named(name: str, config: str | None) -> dict[str, datasets.Dataset]:
+    try:
+        loaded = datasets.load_dataset(name, config)
+    except FileNotFoundError as err:
+        raise HfSpamError(f"--dataset_name {name}: no such local folder or Hub dataset ({one_line(err)[:150]})") \
+            from None
+    except ConnectionError as err:
+        raise UnavailableError(f"--dataset_name {name}: not in the datasets cache and the Hub cannot be reached "
+                               f"({one_line(err)[:150]}); run once online, or pass --train_file") from None
+    except Exception as err:  # datasets' own errors (a bad configuration name, a malformed file ...)
+        raise HfSpamError(f"--dataset_name {name}: {one_line(err)[:200]}") from None
+    if "train" not in loaded:
+        raise HfSpamError(f"--dataset_name {name}: no train split (found {', '.join(loaded) or 'none'}); expected "
+                          "train and optionally validation and test")
+    return {split: ds for split, ds in loaded.items() if split in SPLITS}
+
+
+def _columns(ds: datasets.Dataset, where: str, text: str, label: str) -> datasets.Dataset:
+    """``text`` and ``label`` only, renamed; a missing column, an empty text or a missing label is an error
+    naming the row (counted from 1, header not counted)."""
+    for column, flag in ((text, "--text_column"), (label, "--label_column")):
+        if column not in ds.column_names:
+            raise HfSpamError(f"{where}: no column {column!r} (the {flag}); the columns are "
+                              f"{', '.join(ds.column_names)}")
+    ds = ds.select_columns([text, label]).rename_columns({text: "_text", label: "_label"})
+    ds = ds.rename_columns({"_text": "text", "_label": "label"})
+    missing = -1 if isinstance(ds.features["label"], datasets.ClassLabel) else None  # ClassLabel's "no label"
+    row = 0
+    for batch in ds.iter(batch_size=10_000):
+        for t, lab in zip(batch["text"], batch["label"]):
+            row += 1
+            if not isinstance(t, str) or not t.strip():
+                raise HfSpamError(f"{where}, row {row}: empty or missing text in column {text!r}")
+            if lab is None or lab == missing or (isinstance(lab, str) and not lab.strip()):
+                raise HfSpamError(f"{where}, row {row}: missing label in column {label!r}")
+    return ds
+
+
+def _labels(train: datasets.Dataset, given: list[str] | None) -> tuple[list[str], dict[Any, int]]:
+    """The label names and each raw label value's id: a ``ClassLabel`` keeps its names; strings become their
+    sorted names (or ``--label_names``' order); integers 0..k-1 become ``"0".."k-1"`` (or ``--label_names``)."""
+    feature, values = train.features["label"], set(train.unique("label"))
+    if len(values) < 2:
+        raise HfSpamError(f"train split: only one class ({next(iter(values), 'none')!s}); expected two or more labels")
+    if isinstance(feature, datasets.ClassLabel) or all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                                      for v in values):
+        names = feature.names if isinstance(feature, datasets.ClassLabel) else [str(i) for i in range(max(values) + 1)]
+        if given is not None and len(given) != len(names):
+            raise HfSpamError(f"--label_names: {len(given)} name(s) for {len(names)} labels (0..{len(names) - 1}); "
+                              "expected one name per label")
+        names = list(given or names)
+        mapping = {i: i for i in range(len(names))}
+    elif all(isinstance(v, str) for v in values):
+        unnamed = sorted(values - set(given or values))
+        if unnamed:
+            raise HfSpamError(f"--label_names: the training labels {', '.join(unnamed[:5])} are not among them "
+                              f"({', '.join(given or [])})")
+        names = list(given) if given else sorted(values)
+        mapping = {name: i for i, name in enumerate(names)}
+    else:
+        kinds = sorted({type(v).__name__ for v in values})
+        raise HfSpamError(f"train split: labels of type {', '.join(kinds)}; expected strings or integers >= 0")
+    if len(set(names)) != len(names):
+        raise HfSpamError(f"label names {', '.join(names)}: each name must be different")
+    return names, mapping
+
+
+def _as_class_label(ds: datasets.Dataset, where: str, names: list[str], mapping: dict[Any, int]) -> datasets.Dataset:
+    """``label`` as ids of ``names``; a label training never saw is an error naming split, label and known ones."""
+    unseen = sorted(str(v) for v in ds.unique("label") if v not in mapping)
+    if unseen:
+        known = ", ".join(map(str, mapping)) if not all(isinstance(v, int) for v in mapping) else \
+            f"0..{len(mapping) - 1}"
+        raise HfSpamError(f"{where}: label(s) {', '.join(unseen[:5])} never seen in training; the known labels are "
+                          f"{known}")
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
+    return ds.map(lambda b: {"label": [mapping[v] for v in b["label"]]}, batched=True, features=features,
+                  desc="Labels")
+
+
+def undersample(ds: datasets.Dataset, seed: int) -> datasets.Dataset:
+    """Every class cut to the size of the smallest (seeded sampling), then shuffled: the chapter's balancing."""
+    by_class: dict[int, list[int]] = {}
+    for i, lab in enumerate(ds["label"]):
+        by_class.setdefault(lab, []).append(i)
+    n = min(len(rows) for rows in by_class.values())
+    keep = [i for rows in by_class.values() for i in datasets.Dataset.from_dict({"i": rows}).shuffle(seed=seed)
+            .select(range(n))["i"]]
+    return ds.select(sorted(keep)).shuffle(seed=seed)
+
+
+def load_user_data(args: DataArguments) -> tuple[datasets.DatasetDict, dict[str, str]]:
+    """The splits of ``--dataset_name`` or ``--train_file``/``--validation_file``/``--test_file`` as
+    ``text``/``label`` with label names, and how each split was made (the missing ones are cut from the
+    training rows, stratified)."""
+    if args.dataset_name:
+        loaded, where = _load_named(args.dataset_name, args.dataset_config_name), {}
+    else:
+        loaded = {s: _load_file(getattr(args, f"{s}_file"), s) for s in SPLITS if getattr(args, f"{s}_file")}
+        where = {s: Path(getattr(args, f"{s}_file")).name for s in loaded}
+    splits = {s: _columns(ds, where.get(s, f"{s} split"), args.text_column, args.label_column)
+              for s, ds in loaded.items()}
+    names, mapping = _labels(splits["train"], args.label_names)
+    splits = {s: _as_class_label(ds, where.get(s, f"{s} split"), names, mapping) for s, ds in splits.items()}
+    made = {s: "given" for s in splits}
+    given = len(splits["train"])
+    for split, share in (("test", args.test_split_percentage), ("validation", args.validation_split_percentage)):
+        if split in splits:
+            continue
+        size = max(1, round(given * share / 100))
+        try:
+            cut = splits["train"].train_test_split(test_size=size, stratify_by_column="label", seed=args.split_seed)
+        except ValueError as err:  # too few rows, or of a class, to stratify
+            raise HfSpamError(f"train split: cannot cut a stratified {split} split of {size} rows from "
+                              f"{len(splits['train'])} ({one_line(err)[:150]}); give --{split}_file or more rows") \
+                from None
+        splits["train"], splits[split] = cut["train"], cut["test"]
+        made[split] = f"{share:g}% of the training rows, stratified (seed {args.split_seed})"
+    if args.balance == "undersample":
+        splits = {s: undersample(ds, args.split_seed) for s, ds in splits.items()}
+    return datasets.DatasetDict({s: splits[s] for s in SPLITS}), made
+
+
+def load_data(args: DataArguments) -> tuple[datasets.DatasetDict, dict[str, Any]]:
+    """The recipe's splits (``text``, ``label`` as a ``ClassLabel``) and what the model card says about them:
+    your data when ``--dataset_name``/``--train_file`` is given, else the SMS collection cut like the chapter."""
+    if args.user_data:
+        splits, made = load_user_data(args)
+        hub = args.dataset_name if args.dataset_name and is_hub_id(args.dataset_name) and \
+            not os.path.isdir(args.dataset_name) else None
+        info = {"source": "hub" if hub else "local", "dataset_id": hub, "dataset_config": args.dataset_config_name,
+                "made": made, "balance": args.balance}
+    else:
+        splits = load_sms_spam(args.data_file, cache=args.data_cache_dir, balanced=not args.natural_balance,
+                               seed=args.split_seed, train_frac=(100 - args.validation_split_percentage
+                                                                 - args.test_split_percentage) / 100,
+                               validation_frac=args.validation_split_percentage / 100)
+        info = {"source": "sms", "recipe": "natural balance, stratified" if args.natural_balance else
+                "balanced (747 ham + 747 spam), shuffled"}
+        info["recipe"] += (f", split {100 - args.validation_split_percentage - args.test_split_percentage:g}/"
+                           f"{args.validation_split_percentage:g}/{args.test_split_percentage:g}")
+    for split, limit in (("train", args.max_train_samples), ("validation", args.max_eval_samples),
+                         ("test", args.max_test_samples)):
+        if limit is not None and limit < len(splits[split]):
+            splits[split] = splits[split].select(range(limit))
+    info.update(splits={s: len(ds) for s, ds in splits.items()}, labels=splits["train"].features["label"].names)
+    return splits, info
