@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from transformers.integrations import get_available_reporting_integrations
 
 from .errors import HfSpamError, one_line, without_secrets
+from .files import is_hub_id
 from .modeling_gpt import MODEL_PRESETS, POOLING_CHOICES, GPTSpamConfig, resolve_model_size
 from .tokenization import PADDING_CHOICES
 
@@ -134,6 +136,13 @@ class DataArguments:
     def user_data(self) -> bool:
         """Whether the data is the user's (``--dataset_name`` or files) rather than the SMS collection."""
         return bool(self.dataset_name or self.train_file)
+
+    @property
+    def hub_dataset(self) -> str | None:
+        """``--dataset_name`` when it names a Hub dataset (not a local folder): the only dataset id that may be
+        written into the model card and training_args.json."""
+        name = self.dataset_name
+        return name if name and is_hub_id(name) and not os.path.isdir(name) else None
 
     def __post_init__(self) -> None:
         _check_choice("padding", self.padding, PADDING_CHOICES)

@@ -123,7 +123,6 @@ def _recorded_settings(model: str) -> dict:
 def _evaluation_data(args: argparse.Namespace) -> tuple[list[str], list[int], list[str], str]:
     """Texts, label ids, label names and a description of the rows ``evaluate`` scores: a ``--labelled_file``
     whole, or one split (never train) of the data cut exactly as the model's training run cut it."""
-    from .arguments import DataArguments
     from .data import LABEL_NAMES, read_sms_file
     from .sources import load_data
 

@@ -223,13 +223,15 @@ def _header(entries: list[tuple[str, str, list[int], int]], metadata: dict[str, 
 
 def write_features(model: GPTSpamForSequenceClassification, dataset: datasets.Dataset, k: int, path: str | Path, *,
                    device: torch.device | str = "cpu", dtype: torch.dtype | None = None, keep_padding: bool = True,
-                   feature_dtype: str = "float32", desc: str = "Frozen-trunk features") -> Path:
+                   feature_dtype: str = "float32", desc: str = "Frozen-trunk features",
+                   lengths: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
     """Compute the frozen prefix's states of every row of ``dataset`` and write them to ``path``: one
     safetensors file (``states`` ``[positions, d]`` in ``feature_dtype``, per-row ``offsets``, ``lengths``,
     ``real``), written a chunk at a time to a temporary file that is renamed into place when complete (the
-    file is closed, hence complete, before ``atomic_path`` renames it)."""
+    file is closed, hence complete, before ``atomic_path`` renames it). ``lengths``: ``stored_lengths``' answer,
+    when the caller has it already."""
     path, device = Path(path), torch.device(device)
-    kept, real = stored_lengths(dataset, keep_padding)
+    kept, real = lengths if lengths is not None else stored_lengths(dataset, keep_padding)
     pooled, d, n = k >= len(model.gpt.trf_blocks), model.config.emb_dim, len(dataset)
     torch_dtype, name = FEATURE_DTYPES[feature_dtype]
     positions = n if pooled else int(kept.sum())
@@ -458,15 +460,15 @@ def prepare_cached_training(full_model: GPTSpamForSequenceClassification, tokeni
                     logger.warning("%s: damaged frozen-trunk feature cache file; computing it again", files[split])
                     files[split].unlink()
             missing = [s for s in tokenized if not files[s].is_file()]
+            lengths = {s: stored_lengths(tokenized[s], keep_padding) for s in missing}  # one pass per split
             if missing:
-                sizes = [stored_lengths(tokenized[s], keep_padding)[0] for s in missing]
-                _disk_check(cache_dir, sum(feature_bytes(len(x) if pooled else int(x.sum()), len(x),
+                _disk_check(cache_dir, sum(feature_bytes(len(kept) if pooled else int(kept.sum()), len(kept),
                                                          full_model.config.emb_dim, feature_dtype)
-                                           for x in sizes), feature_dtype)
+                                           for kept, _ in lengths.values()), feature_dtype)
             for split in missing:
                 write_features(full_model, tokenized[split], k, files[split], device=device, dtype=dtype,
                                keep_padding=keep_padding, feature_dtype=feature_dtype,
-                               desc=f"Frozen-trunk features ({split})")
+                               desc=f"Frozen-trunk features ({split})", lengths=lengths[split])
                 computed.append(split)
         except OSError as err:  # an unwritable or full cache location: train without the cache
             logger.warning("Frozen-trunk feature cache not used: cannot write %s (%s)", cache_dir,

@@ -24,6 +24,7 @@ from huggingface_hub.utils import filter_repo_objects, get_token
 
 from .errors import HfSpamError, UnavailableError, one_line
 from .files import is_hub_id, write_json
+from .metrics import positive_index
 from .tokenization import build_hf_tokenizer, save_hf_tokenizer
 
 CARD_TEMPLATE = Path(__file__).with_name("model_card.md")
@@ -34,7 +35,6 @@ WIDGET = [{"text": "Congratulations! You have won a free cruise. Text WIN to 800
 WEIGHT_FILES = ("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json")
 # Never uploaded: Trainer checkpoints (optimizer state, pickled arguments), logs, hidden and temporary files.
 UPLOAD_IGNORE = ["checkpoint-*/", "runs/", ".*", "*/.*", "*.log", "*.tmp", "training_args.bin", "*/training_args.bin"]
-SMS_DATA = {"source": "sms", "recipe": "balanced (747 ham + 747 spam, seed 123), shuffled, split 70/10/20"}
 
 
 def _metric_names(two_labels: bool, positive: str) -> dict[str, tuple[str, str, dict | None]]:
@@ -72,10 +72,10 @@ def model_card(config: Any, metrics: dict[str, Any], settings: dict[str, Any], i
     allow-listed summary of the training arguments.
     """
     base_model = info.get("base_model") if is_hub_id(info.get("base_model")) else None
-    data = {**SMS_DATA, **(info.get("data") or {})}
+    data = {"source": "sms", **(info.get("data") or {})}  # default: the chapter's data
     sms = data["source"] == "sms"
     labels = [str(config.id2label[i]) for i in range(config.num_labels)]
-    positive = metrics.get("positive_label") or ("spam" if "spam" in labels else labels[-1])
+    positive = labels[positive_index(labels, metrics.get("positive_label"))] if len(labels) == 2 else None
     names = _metric_names(len(labels) == 2, positive)
     evals = [EvalResult(task_type="text-classification", task_name="Text classification", metric_type=kind,
                         metric_name=name, metric_args=args, metric_value=round(metrics[f"test_{key}"], 6),
@@ -96,7 +96,7 @@ def model_card(config: Any, metrics: dict[str, Any], settings: dict[str, Any], i
         weights=info.get("weights"), model_size=info.get("model_size") or "custom size", sms=sms,
         recipe=data.get("recipe"), splits=data.get("splits") or {}, made=data.get("made") or {},
         dataset_id=data.get("dataset_id"), dataset_config=data.get("dataset_config"), balance=data.get("balance"),
-        labels=labels, positive=positive if len(labels) == 2 else None, settings=settings, results=results,
+        labels=labels, positive=positive, settings=settings, results=results,
         per_class=per_class, confusion=list(zip(labels, metrics.get("test_confusion_matrix") or [])),
         total_parameters=metrics.get("total_parameters"), pooling=config.pooling,
         padded_length=getattr(config, "padded_length", None), n_layers=config.n_layers, n_heads=config.n_heads,

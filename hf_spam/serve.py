@@ -77,7 +77,7 @@ def create_app(classifier: SpamClassifier, limits: Limits, backend: str = "torch
     """The ASGI app: routes, the request queue and its batcher (started and stopped with the app)."""
     queue: asyncio.Queue[_Job] = asyncio.Queue()
     waiting = {"texts": 0}  # texts accepted and not yet answered: what bounds memory
-    info = {"labels": [classifier.labels[i] for i in sorted(classifier.labels)], "backend": backend,
+    info = {"labels": classifier.names, "backend": backend,
             "pooling": classifier.config.pooling, "padded_length": getattr(classifier.config, "padded_length", None),
             "model_bytes": classifier.model_bytes, "max_batch_size": limits.max_batch_size,
             "max_wait_ms": limits.max_wait_ms, "max_queue": limits.max_queue,

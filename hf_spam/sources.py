@@ -10,7 +10,6 @@ names the file, split, column, row or label that is wrong.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ import datasets
 from .arguments import DataArguments
 from .data import load_sms_spam
 from .errors import HfSpamError, UnavailableError, one_line
-from .files import is_hub_id
 
 # datasets' builder and options per extension; CSV cells such as "NA" or "null" stay text.
 BUILDERS = {".csv": ("csv", {"keep_default_na": False}), ".tsv": ("csv", {"delimiter": "\t", "keep_default_na": False}),
@@ -171,10 +169,8 @@ def load_data(args: DataArguments) -> tuple[datasets.DatasetDict, dict[str, Any]
     your data when ``--dataset_name``/``--train_file`` is given, else the SMS collection cut like the chapter."""
     if args.user_data:
         splits, made = load_user_data(args)
-        hub = args.dataset_name if args.dataset_name and is_hub_id(args.dataset_name) and \
-            not os.path.isdir(args.dataset_name) else None
-        info = {"source": "hub" if hub else "local", "dataset_id": hub, "dataset_config": args.dataset_config_name,
-                "made": made, "balance": args.balance}
+        info = {"source": "hub" if args.hub_dataset else "local", "dataset_id": args.hub_dataset,
+                "dataset_config": args.dataset_config_name, "made": made, "balance": args.balance}
     else:
         splits = load_sms_spam(args.data_file, cache=args.data_cache_dir, balanced=not args.natural_balance,
                                seed=args.split_seed, train_frac=(100 - args.validation_split_percentage

@@ -25,7 +25,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .arguments import DataArguments, ModelArguments
 from .errors import HfSpamError
-from .files import is_hub_id, write_text
+from .files import write_text
 from .metrics import compute_metrics, confusion_matrix, per_class
 
 logger = logging.getLogger("hf_spam")
@@ -261,8 +261,7 @@ def run_summary(model_args: ModelArguments, data_args: DataArguments, args: Trai
         out[key] = getattr(value, "value", value)  # enums (scheduler, optimizer) as their names
     if data_args.user_data:
         out.pop("natural_balance")
-        if not is_hub_id(out["dataset_name"]):
-            out["dataset_name"] = "local files"
+        out["dataset_name"] = data_args.hub_dataset or "local files"
     if model_args.trainable_layers != "lora":
         for key in ("lora_rank", "lora_alpha", "lora_dropout"):
             out.pop(key)
