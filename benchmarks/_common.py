@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from hf_spam import files
-from hf_spam.measure import markdown_table, peak_rss_mb, run_measured  # noqa: F401 - re-exported for the scripts
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))  # measure: the runners' tooling, beside the scripts that use it
+from measure import markdown_table, peak_rss_mb, run_measured  # noqa: E402, F401 - re-exported for the scripts
+
 DEFAULT_DATA_FILE = ROOT.parent / "shared" / "data" / "sms_spam_collection" / "SMSSpamCollection"
 DEFAULT_BPE_DIR = ROOT.parent / "shared" / "data" / "gpt2-bpe"
 RESULT_PREFIX = "BENCH_RESULT "

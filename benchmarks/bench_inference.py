@@ -86,7 +86,7 @@ def worker(case: str, args) -> None:  # noqa: ANN001
     else:
         from hf_spam.predict import SpamClassifier
 
-        clf = SpamClassifier(model, enc, device="cpu", dtype="bfloat16" if "bf16" in case else None)
+        clf = SpamClassifier.from_model(model, enc, device="cpu", dtype="bfloat16" if "bf16" in case else None)
 
         def run(texts: list[str] = texts) -> list[str]:
             return [r["label"] for r in clf.predict(texts, batch_size=args.batch_size, return_text=False)]

@@ -81,11 +81,11 @@ def plain_job(case: str, model_size: str, data_file: str | None, steps: int, eva
         def logits_of(x):  # noqa: ANN001
             return model(x)[:, -1, :]
     else:
-        from hf_spam.arguments import ModelArguments
-        from hf_spam.training import set_trainable_layers
-        from hf_spam.weights import build_model
+        from hf_spam.starting_model import build_model
+        from hf_spam.trainer import set_trainable_layers
 
-        model = build_model(ModelArguments(model_size=model_size, weights="random", pooling="last"), CHAPTER_LENGTH)
+        model = build_model(model_size=model_size, weights="random", pooling="last")
+        model.config.padded_length = CHAPTER_LENGTH
         set_trainable_layers(model, "last_block")
 
         def logits_of(x):  # noqa: ANN001

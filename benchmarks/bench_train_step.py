@@ -87,11 +87,11 @@ def plain_loop_step_times(case: str, model_size: str, data_file: str | None, war
         def loss_fn(x, y):  # noqa: ANN001
             return model(input_ids=x, attention_mask=(x != 50256).long(), labels=y).loss
     else:
-        from hf_spam.arguments import ModelArguments
-        from hf_spam.training import set_trainable_layers
-        from hf_spam.weights import build_model
+        from hf_spam.starting_model import build_model
+        from hf_spam.trainer import set_trainable_layers
 
-        model = build_model(ModelArguments(model_size=model_size, weights="random", pooling="last"), CHAPTER_LENGTH)
+        model = build_model(model_size=model_size, weights="random", pooling="last")
+        model.config.padded_length = CHAPTER_LENGTH
         set_trainable_layers(model, "last_block")
 
         def loss_fn(x, y):  # noqa: ANN001
@@ -112,12 +112,11 @@ def trainer_step_times(case: str, model_size: str, data_file: str | None, warmup
     """Seconds between consecutive optimizer steps of a real ``Trainer`` run (data loading included)."""
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
-    from hf_spam.arguments import ModelArguments
     from hf_spam.data import load_sms_spam
     from hf_spam.feature_cache import prepare_cached_training
+    from hf_spam.starting_model import build_model
     from hf_spam.tokenization import build_hf_tokenizer, tokenize_splits
-    from hf_spam.training import set_trainable_layers
-    from hf_spam.weights import build_model
+    from hf_spam.trainer import set_trainable_layers
 
     dynamic = "dynamic" in case
     cached = "cached" in case
@@ -127,7 +126,8 @@ def trainer_step_times(case: str, model_size: str, data_file: str | None, warmup
     raw = type(raw)({"train": raw["train"].select(range(n))})
     tok, length = tokenize_splits(raw, padding=padding, max_length=None if dynamic else CHAPTER_LENGTH)
     tok = tok.rename_column("label", "labels").remove_columns(["text"])
-    full = build_model(ModelArguments(model_size=model_size, weights="random", pooling=pooling), length)
+    full = build_model(model_size=model_size, weights="random", pooling=pooling)
+    full.config.padded_length = length
     set_trainable_layers(full, "last_block")
 
     class StepClock(TrainerCallback):

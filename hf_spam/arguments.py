@@ -3,19 +3,18 @@
 ``--config FILE.yaml`` is read first (``include: OTHER.yaml`` pulls in a base recipe; the including
 file's keys win), every key must be a field of one of the dataclasses, and the values become the
 parser's defaults (``HfArgumentParser.set_defaults``), so flags given on the command line override
-them. Choices are checked in each dataclass's ``__post_init__``, which covers YAML and flags alike.
+them. Choices are ``Literal`` types, which ``--help`` lists; argparse checks the flags' values and
+``_check_config_values`` the config's (argparse never checks defaults).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import torch
 import yaml
@@ -23,26 +22,14 @@ from transformers import HfArgumentParser, TrainingArguments
 from transformers.integrations import get_available_reporting_integrations
 
 from .errors import HfSpamError, one_line, without_secrets
-from .files import is_hub_id
-from .modeling_gpt import MODEL_PRESETS, POOLING_CHOICES, GPTSpamConfig, resolve_model_size
+from .modeling_gpt import MODEL_PRESETS, POOLING_CHOICES, resolve_model_size
+from .starting_model import is_trained_classifier
 from .tokenization import PADDING_CHOICES
 
-TRAINABLE_LAYER_CHOICES = ("last_layer", "last_block", "last_two_blocks", "all", "lora")
-WEIGHTS_CHOICES = ("pretrained", "random")
 
-
-def is_trained_classifier(path: str | None) -> bool:
-    """Whether ``path`` (a ``--model_name_or_path``) is a local folder holding a classifier this package saved."""
-    try:
-        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8")) if path else {}
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and config.get("model_type") == GPTSpamConfig.model_type
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise HfSpamError(f"--{name}: unknown value {value!r}; expected one of {', '.join(choices)}")
+def _check_choice(where: str, value: Any, choices: Any) -> None:
+    if choices is not None and value not in choices:
+        raise HfSpamError(f"{where}: unknown value {value!r}; expected one of {', '.join(map(str, choices))}")
 
 
 @dataclass
@@ -51,13 +38,13 @@ class ModelArguments:
 
     model_size: str = field(default="gpt2-small", metadata={
         "help": f"Size preset: {', '.join(MODEL_PRESETS)} (or 124M/355M/774M/1558M)."})
-    weights: str = field(default="pretrained", metadata={"help": "pretrained (GPT-2's weights) or random."})
+    weights: Literal["pretrained", "random"] = field(default="pretrained", metadata={"help": "GPT-2's, or random."})
     model_name_or_path: str | None = field(default=None, metadata={
         "help": "GPT-2 weights: a Hub id (default: openai-community/gpt2 for the chosen size), a local Hugging "
         "Face checkpoint folder or a local OpenAI TensorFlow checkpoint folder."})
-    trainable_layers: str = field(default="last_block", metadata={
-        "help": f"What is trained: {', '.join(TRAINABLE_LAYER_CHOICES)}."})
-    pooling: str = field(default="last", metadata={"help": f"Token(s) classified: {', '.join(POOLING_CHOICES)}."})
+    trainable_layers: Literal["last_layer", "last_block", "last_two_blocks", "all", "lora"] = field(
+        default="last_block", metadata={"help": "What is trained."})
+    pooling: Literal[POOLING_CHOICES] = field(default="last", metadata={"help": "Token(s) classified."})
     drop_rate: float = field(default=0.0, metadata={"help": "Dropout rate (the chapter fine-tunes with 0.0)."})
     disable_causal_mask: bool = field(default=False, metadata={"help": "Let every token attend to every token."})
     lora_rank: int = field(default=16, metadata={"help": "LoRA rank r (with --trainable_layers lora)."})
@@ -71,9 +58,6 @@ class ModelArguments:
             self.model_size = resolve_model_size(self.model_size)
         except ValueError as err:
             raise HfSpamError(f"--{err}") from None
-        _check_choice("weights", self.weights, WEIGHTS_CHOICES)
-        _check_choice("trainable_layers", self.trainable_layers, TRAINABLE_LAYER_CHOICES)
-        _check_choice("pooling", self.pooling, POOLING_CHOICES)
         if self.weights == "pretrained" and self.model_size == "tiny" and not self.model_name_or_path:
             raise HfSpamError("--model_size tiny has no pretrained weights; use --weights random")
         if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank < 1:
@@ -118,14 +102,14 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation rows."})
     max_test_samples: int | None = field(default=None, metadata={"help": "Use only the first N test rows."})
-    balance: str = field(default="none", metadata={
+    balance: Literal["none", "undersample"] = field(default="none", metadata={
         "help": "none, or undersample: every class of each split cut to its smallest class (your data; the SMS "
         "recipe balances its own way)."})
     data_cache_dir: str | None = field(default=None, metadata={
         "help": "Cache for downloads and frozen-trunk features (default $HF_SPAM_CACHE or ~/.cache/hf_spam)."})
     natural_balance: bool = field(default=False, metadata={
         "help": "Keep all 5,572 messages (stratified split) instead of the balanced recipe."})
-    padding: str = field(default="longest_train", metadata={"help": f"Padding: {', '.join(PADDING_CHOICES)}."})
+    padding: Literal[PADDING_CHOICES] = field(default="longest_train", metadata={"help": "How texts are padded."})
     max_length: int | None = field(default=None, metadata={
         "help": "Override the padded length of longest_train/max_context."})
     write_csv: bool = field(default=False, metadata={"help": "Also write train/validation/test.csv to output_dir."})
@@ -138,15 +122,12 @@ class DataArguments:
         return bool(self.dataset_name or self.train_file)
 
     @property
-    def hub_dataset(self) -> str | None:
-        """``--dataset_name`` when it names a Hub dataset (not a local folder): the only dataset id that may be
-        written into the model card and training_args.json."""
-        name = self.dataset_name
-        return name if name and is_hub_id(name) and not os.path.isdir(name) else None
+    def source_settings(self) -> dict[str, Any]:
+        """The settings ``hf_spam.sources.load_data`` takes: where the data comes from and how it is cut."""
+        return {k: v for k, v in vars(self).items() if k not in ("positive_label", "padding", "max_length",
+                                                                 "write_csv")}
 
     def __post_init__(self) -> None:
-        _check_choice("padding", self.padding, PADDING_CHOICES)
-        _check_choice("balance", self.balance, ("none", "undersample"))
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         if not self.user_data:
             for name in ("dataset_config_name", "text_column", "label_column", "label_names", "balance",
@@ -188,7 +169,7 @@ class SpamTrainingArguments(TrainingArguments):
         "help": "With a frozen trunk (last_layer, last_block, last_two_blocks) and dropout 0, run the frozen "
         "blocks once per example (cached on disk, see --feature_cache_dir) and train only the top: same results, "
         "much faster. false: recompute the whole model every step."})
-    feature_dtype: str = field(default="float32", metadata={
+    feature_dtype: Literal["float32", "bfloat16", "float16"] = field(default="float32", metadata={
         "help": "How the cached features are stored: float32 (training as without the cache), bfloat16 or float16 "
         "(half the disk, features rounded)."})
     feature_cache_dir: str | None = field(default=None, metadata={
@@ -212,9 +193,11 @@ class SpamTrainingArguments(TrainingArguments):
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "Replace what an earlier run left in output_dir (otherwise a used folder is refused, unless "
         "--resume_from_checkpoint continues that run)."})
+    dataloader_pin_memory: bool | None = field(default=None, metadata={
+        "help": "Pin batches in memory for faster copies to an accelerator (default: when there is one).",
+        "nargs": "?", "const": True})
 
     def __post_init__(self) -> None:
-        _check_choice("feature_dtype", self.feature_dtype, ("float32", "bfloat16", "float16"))
         if not self.cache_features and (self.feature_dtype != "float32" or self.feature_cache_dir):
             raise HfSpamError("--feature_dtype/--feature_cache_dir: set how the frozen-trunk feature cache is stored, "
                               "and --cache_features is false")
@@ -237,14 +220,14 @@ class SpamTrainingArguments(TrainingArguments):
         if self.push_to_hub and self.hub_strategy != "end":
             raise HfSpamError(f"--hub_strategy {self.hub_strategy}: not supported; the finished model folder is "
                               "pushed once, at the end (--hub_strategy end)")
-        if self.bf16 and self.fp16:
-            raise HfSpamError("--bf16 and --fp16: choose one")
-        if self.fp16 and not torch.cuda.is_available():
-            raise HfSpamError("--fp16: needs a CUDA GPU, and none is visible here; on a CPU use --bf16")
+        if self.dataloader_pin_memory is None:  # pinned memory only speeds up copies to an accelerator
+            self.dataloader_pin_memory = not self.use_cpu and getattr(torch, "accelerator", torch.cuda).is_available()
         try:
             super().__post_init__()
-        except ValueError as err:  # transformers' own checks (strategies that must match ...)
+        except ValueError as err:  # transformers' own checks (--bf16 with --fp16, strategies that must match ...)
             raise HfSpamError(one_line(err)) from None
+        if self.fp16 and not torch.cuda.is_available():
+            raise HfSpamError("--fp16: needs a CUDA GPU, and none is visible here; on a CPU use --bf16")
         available = get_available_reporting_integrations()
         for name in self.report_to:
             if name not in available:
@@ -261,10 +244,8 @@ class _Parser(HfArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise HfSpamError(without_secrets(message))
 
-
-def config_keys() -> set[str]:
-    """Every key a config file may hold: the fields of the three argument dataclasses."""
-    return {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls) if f.init}
+    def _check_value(self, action: argparse.Action, value: Any) -> None:  # a flag's value; the config's: below
+        _check_choice(f"--{action.dest}", value, action.choices)
 
 
 def load_config(path: str | Path, _including: tuple[Path, ...] = ()) -> dict[str, tuple[Any, Path]]:
@@ -290,7 +271,7 @@ def load_config(path: str | Path, _including: tuple[Path, ...] = ()) -> dict[str
         if not included.is_file():
             raise HfSpamError(f"{path}: include: {included} not found")
         merged = load_config(included, (*_including, path.resolve()))
-    known = config_keys()
+    known = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls) if f.init}  # the dataclasses' fields
     for key in raw:
         if key not in known:
             raise HfSpamError(f"{path}: unknown key {key!r}; expected an argument of scripts/train.py (see --help)")
@@ -307,10 +288,10 @@ def _check_config_values(parser: argparse.ArgumentParser, config: dict[str, tupl
             raise HfSpamError(f"{path}: {key}: YAML reads {str(value).lower()!r} as a boolean; quote the value "
                               f"({key}: \"{'yes' if value else 'no'}\")")
         try:
-            if isinstance(value, str) and callable(kind):
-                kind(value)
+            value = kind(value) if isinstance(value, str) and callable(kind) else value
         except (ValueError, TypeError, argparse.ArgumentTypeError):
             raise HfSpamError(f"{path}: {key}: {value!r} is not a valid value for --{key}") from None
+        _check_choice(f"{path}: {key}", value, actions[key].choices)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, SpamTrainingArguments]:

@@ -25,9 +25,8 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, get_args, get_type_hints
 
-from huggingface_hub import hf_hub_download
 from transformers.hf_argparser import string_to_bool
 from transformers.utils import logging as hf_logging
 
@@ -100,104 +99,28 @@ def predict(args: argparse.Namespace) -> None:
     sys.stdout.flush()
 
 
-# How the recipe cut its splits: ``evaluate`` takes them from the model's training_args.json, so that the split
-# it scores is the one the model never trained on.
-SPLIT_SETTINGS = ("split_seed", "validation_split_percentage", "test_split_percentage", "natural_balance", "balance")
-# The data flags ``evaluate`` shares with training (their help is DataArguments').
+# The data flags ``evaluate`` shares with training (DataArguments' help); the cut's come from training_args.json.
 EVALUATE_DATA_FLAGS = ("data_file", "dataset_name", "dataset_config_name", "train_file", "validation_file",
-                       "test_file", "text_column", "label_column", "label_names", "positive_label", *SPLIT_SETTINGS,
+                       "test_file", "text_column", "label_column", "label_names", "positive_label", "split_seed",
+                       "validation_split_percentage", "test_split_percentage", "natural_balance", "balance",
                        "max_eval_samples", "max_test_samples", "data_cache_dir")
 
 
-def _recorded_settings(model: str) -> dict:
-    """The model's ``training_args.json`` (local folder or Hub repo), or ``{}`` where there is none."""
-    try:
-        path = Path(model) / "training_args.json" if Path(model).is_dir() else \
-            Path(hf_hub_download(model, "training_args.json"))
-        recorded = json.loads(path.read_text(encoding="utf-8"))
-    except Exception:  # no such file, offline, not JSON: nothing recorded
-        return {}
-    return recorded if isinstance(recorded, dict) else {}
-
-
-def _evaluation_data(args: argparse.Namespace) -> tuple[list[str], list[int], list[str], str]:
-    """Texts, label ids, label names and a description of the rows ``evaluate`` scores: a ``--labelled_file``
-    whole, or one split (never train) of the data cut exactly as the model's training run cut it."""
-    from .data import LABEL_NAMES, read_sms_file
-    from .sources import load_data
-
-    given = {key: getattr(args, key) for key in EVALUATE_DATA_FLAGS if getattr(args, key) is not None}
-    if args.labelled_file:
-        extra = [key for key in given if key != "positive_label"]
-        if extra:
-            raise HfSpamError(f"--labelled_file: scores every row of that file; --{extra[0]} does not apply")
-        frame = read_sms_file(args.labelled_file)
-        return (frame["Text"].tolist(), [LABEL_NAMES.index(x) for x in frame["Label"]], LABEL_NAMES,
-                f"all {len(frame)} messages of {Path(args.labelled_file).name}")
-    recorded = _recorded_settings(args.model)
-    user = bool(given.get("dataset_name") or given.get("train_file"))
-    for key in SPLIT_SETTINGS:
-        if key not in recorded or key == "natural_balance" and user or key == "balance" and not user:
-            continue
-        if key in given and given[key] != recorded[key]:
-            raise HfSpamError(f"--{key} {given[key]}: the model was trained with {key} {recorded[key]}; another cut "
-                              "would score rows it trained on (leave the flag out, or use --labelled_file)")
-        given[key] = recorded[key]
-    data_args = DataArguments(**given)
-    splits, info = load_data(data_args)
-    part = splits[args.split]
-    name = (info.get("dataset_id") or "your files") if data_args.user_data else \
-        (Path(args.data_file).name if args.data_file else "the SMS Spam Collection")
-    return (list(part["text"]), list(part["label"]), info["labels"],
-            f"the {args.split} split ({len(part)} rows) of {name}, cut as in training (split_seed "
-            f"{data_args.split_seed})")
-
-
 def evaluate(args: argparse.Namespace) -> None:
-    from .files import write_json
-    from .metrics import compute_metrics, confusion_matrix, per_class, positive_index
-    from .plots import plot_confusion_matrix
+    from .evaluation import as_trained, evaluate_classifier, labelled_file_data, split_data
 
     if args.output_dir and Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
         raise HfSpamError(f"{args.output_dir}: exists and is not a folder; expected an output folder")
-    texts, truth, labels, source = _evaluation_data(args)
-    clf = _classifier(args)
-    if clf.names != labels:
-        raise HfSpamError(f"--model {args.model}: its labels {', '.join(clf.names)} differ from the data's "
-                          f"{', '.join(labels)} (name integer labels with --label_names)")
-    positive = positive_index(labels, args.positive_label)
-    predicted = [labels.index(r["label"]) for r in clf.predict_labels(texts, batch_size=args.batch_size)]
-    metrics, cm = compute_metrics(predicted, truth, len(labels), positive), confusion_matrix(predicted, truth,
-                                                                                             len(labels))
-    model_name = Path(args.model).name if Path(args.model).is_dir() else args.model
-    width = max(8, *(len(name) + 2 for name in labels))
-    keys = ("accuracy", "precision", "recall", "f1") if len(labels) == 2 else \
-        ("accuracy", "macro_precision", "macro_recall", "macro_f1")
-    print(f"Model {model_name} on {source}")
-    if len(labels) == 2:
-        print(f"Positive class: {labels[positive]}")
-    print("\n".join(f"  {key:<16} {metrics[key] * 100:6.2f}%" for key in keys))
-    classes = dict(zip(labels, per_class(cm)))
-    print("Per class" + " " * (width - 9) + "".join(f"{k:>11}" for k in ("precision", "recall", "f1", "examples")))
-    for label, scores in classes.items():
-        print(f"{label:<{width}}" + "".join(f"{scores[k] * 100:10.2f}%" for k in ("precision", "recall", "f1"))
-              + f"{scores['support']:>11}")
-    print("Confusion matrix (rows: true label, columns: predicted label)")
-    print(" " * width + "".join(f"{label:>{width}}" for label in labels))
-    for label, row in zip(labels, cm):
-        print(f"{label:<{width}}" + "".join(f"{int(v):>{width}}" for v in row))
-    if args.output_dir:
-        out = Path(args.output_dir)
-        write_json(out / "eval_metrics.json", {**metrics, "examples": len(texts), "model": model_name, "data": source,
-                                               "per_class": classes, "confusion_matrix": {
-                                                   "labels": labels, "rows_true_columns_predicted": cm.tolist()}})
-        plot_confusion_matrix(cm, labels, out / "confusion-matrix.png", f"{model_name}: {source}")
-        print(f"Wrote {out / 'eval_metrics.json'} and {out / 'confusion-matrix.png'}")
+    given = {key: getattr(args, key) for key in EVALUATE_DATA_FLAGS if getattr(args, key) is not None}
+    data = labelled_file_data(args.labelled_file, given) if args.labelled_file else \
+        split_data(DataArguments(**as_trained(args.model, given)).source_settings, args.split)
+    evaluate_classifier(_classifier(args), data, args.model, positive_label=args.positive_label,
+                        batch_size=args.batch_size, output_dir=args.output_dir)
 
 
 def export(args: argparse.Namespace) -> None:
     from .data import LABEL_NAMES, load_sms_spam
-    from .export import OnnxClassifier, export_onnx, quantize_int8
+    from .export import export_onnx, onnx_classifier, quantize_int8
 
     try:
         test = load_sms_spam(args.data_file, cache=args.cache_dir)["test"]
@@ -212,7 +135,7 @@ def export(args: argparse.Namespace) -> None:
     if args.quantize == "int8":
         int8 = Path(args.output).with_name(Path(args.output).stem + "-int8.onnx")
         quantize_int8(args.output, int8)
-        float32, quantised = OnnxClassifier(args.output, args.model), OnnxClassifier(int8, args.model)
+        float32, quantised = onnx_classifier(args.output, args.model), onnx_classifier(int8, args.model)
         results = {name: [clf.names.index(r["label"]) for r in clf.predict_labels(texts)]
                    for name, clf in (("float32", float32), ("int8", quantised))}
         if float32.names == LABEL_NAMES:  # a ham/spam model: accuracy on the SMS test split
@@ -230,13 +153,13 @@ def serve(args: argparse.Namespace) -> None:
     from .serve import Limits, serve
 
     if args.backend == "onnx":
-        from .export import OnnxClassifier
+        from .export import onnx_classifier
 
         onnx_file = Path(args.onnx_file or Path(args.model) / "model.onnx")
         if not onnx_file.is_file():
             raise HfSpamError(f"{onnx_file}: no ONNX file; export one first: hf-spam export --model {args.model} "
                               f"--output {onnx_file}")
-        classifier = OnnxClassifier(onnx_file, args.model)
+        classifier = onnx_classifier(onnx_file, args.model)
     else:
         classifier = _classifier(args)
     limits = Limits(args.max_batch_size, args.max_wait_ms, args.max_queue, args.max_texts_per_request,
@@ -255,7 +178,6 @@ def push(args: argparse.Namespace) -> None:
 
 
 def sanity(args: argparse.Namespace) -> None:
-    from .modeling_gpt import count_parameters
     from .predict import checked_device
     from .sanity import sanity_report
     from .tokenization import get_encoding
@@ -263,8 +185,8 @@ def sanity(args: argparse.Namespace) -> None:
 
     model = load_gpt2(args.model_name_or_path, cache_dir=args.cache_dir).to(checked_device(args.device))
     encoding = get_encoding(args.bpe_dir)
-    cfg = model.cfg
-    print(f"Model: {args.model_name_or_path} ({count_parameters(model)[1] / 1e6:.1f}M parameters: {cfg.n_layers} "
+    cfg, n_params = model.cfg, sum(p.numel() for p in model.parameters())  # the tied head once
+    print(f"Model: {args.model_name_or_path} ({n_params / 1e6:.1f}M parameters: {cfg.n_layers} "
           f"layers, width {cfg.emb_dim}, {cfg.n_heads} heads, context {cfg.context_length})")
     report, mismatches = sanity_report(model, encoding, new_tokens=(args.max_new_tokens, args.zero_shot_tokens),
                                        compare_with_chapter=hub_id(args.model_name_or_path) == HUB_IDS["gpt2-small"])
@@ -283,7 +205,7 @@ def prepare_data(args: argparse.Namespace) -> None:
 
 
 def cache(args: argparse.Namespace) -> None:
-    from .feature_cache import clear_feature_caches, list_feature_caches
+    from .feature_files import clear_feature_caches, list_feature_caches
     from .files import cache_dir
 
     if args.feature_cache_dir and args.data_cache_dir:
@@ -333,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in EVALUATE_DATA_FLAGS:
         kind = {"label_names": {"nargs": "+"}, "natural_balance": {"type": string_to_bool, "nargs": "?", "const": True},
                 "split_seed": {"type": int}, "max_eval_samples": {"type": int}, "max_test_samples": {"type": int},
-                "validation_split_percentage": {"type": float}, "test_split_percentage": {"type": float}}
+                "validation_split_percentage": {"type": float}, "test_split_percentage": {"type": float},
+                "balance": {"choices": get_args(get_type_hints(DataArguments)["balance"])}}
         aliases = ["--cache_dir"] if name == "data_cache_dir" else []
         p.add_argument(f"--{name}", *aliases, default=None, help=helps[name], **kind.get(name, {}))
     p.add_argument("--labelled_file", help="file of 'ham|spam<TAB>text' lines: evaluate on all of them")

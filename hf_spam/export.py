@@ -1,9 +1,9 @@
 """ONNX: a saved classifier as one graph (trunk, pooling, head), checked with onnxruntime, optionally int8.
 
 optimum does not know this custom architecture, so the graph comes from ``torch.onnx.export`` (the
-``torch.export``-based exporter) on a small wrapper that shapes its inputs the way the model does
-(``trained_shape``): texts are cut to the trained length, and with ``last`` pooling padded to it, inside
-the graph, so batch and sequence axes stay dynamic and every caller gets the trained behaviour.
+``torch.export``-based exporter) of the model's own ``forward``, which shapes its inputs as in training
+(``trained_shape``: the cut, the padding ``last`` pooling reads, an empty text) inside the graph, so batch
+and sequence axes stay dynamic and every caller gets the trained behaviour.
 onnxruntime and the exporter's dependencies are the ``onnx`` extra: ``pip install "hf-spam[onnx]"``.
 """
 
@@ -19,14 +19,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import HfSpamError, UnavailableError, one_line
 from .files import atomic_path
 from .modeling_gpt import GPTSpamConfig, GPTSpamForSequenceClassification
 from .predict import SpamClassifier
-from .tokenization import get_encoding
+from .tokenization import PAD_TOKEN_ID, get_encoding
 
 ONNX_HINT = 'needs the onnx extra: pip install "hf-spam[onnx]"'
 PARITY_ATOL = 1e-4
@@ -57,39 +56,24 @@ def _onnxruntime() -> Any:
     return onnxruntime
 
 
-class _Graph(nn.Module):
-    """What the ONNX graph computes: ``(input_ids, attention_mask) -> logits``, inputs shaped as trained."""
+class _Logits(nn.Module):
+    """What the ONNX graph computes: the model's own ``forward`` (inputs shaped as trained), logits only."""
 
     def __init__(self, model: GPTSpamForSequenceClassification):
         super().__init__()
         self.model = model
-        config = model.config
-        self.length = min(int(getattr(config, "padded_length", None) or config.context_length), config.context_length)
-        self.pad_to_length = config.pooling == "last" and bool(getattr(config, "padded_length", None))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.pad_to_length:  # a negative pad cuts: one op for texts shorter and longer than the length
-            extra = self.length - input_ids.shape[1]
-            input_ids = F.pad(input_ids, (0, extra), value=self.model.config.pad_token_id)
-            attention_mask = F.pad(attention_mask, (0, extra), value=0)
-        else:
-            input_ids, attention_mask = input_ids[:, : self.length], attention_mask[:, : self.length]
-        gpt = self.model.gpt
-        hidden = gpt.run_blocks(gpt.embed(input_ids), self.model.trunk_attention_mask(attention_mask))
-        return self.model.classify(hidden, attention_mask)
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
-class OnnxClassifier(SpamClassifier):
-    """``SpamClassifier`` whose logits come from an exported ONNX file run by onnxruntime: the same tokenizer,
+def onnx_classifier(onnx_file: str | os.PathLike, folder: str | os.PathLike,
+                    threads: int | None = None) -> SpamClassifier:
+    """A ``SpamClassifier`` whose logits come from an exported ONNX file run by onnxruntime: the same tokenizer,
     batching and labels, from the model folder's config and tokenizer files, without the PyTorch weights."""
-
-    def __init__(self, onnx_file: str | os.PathLike, folder: str | os.PathLike, threads: int | None = None):
-        self.session = OnnxSession(onnx_file, threads)
-        super().__init__(None, get_encoding(folder), device="cpu", config=GPTSpamConfig.from_pretrained(folder))
-        self.model_bytes = Path(onnx_file).stat().st_size
-
-    def _logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.logits(input_ids.numpy(), attention_mask.numpy()))
+    session = OnnxSession(onnx_file, threads)
+    return SpamClassifier(session.torch_logits, GPTSpamConfig.from_pretrained(folder), get_encoding(folder),
+                          model_bytes=Path(onnx_file).stat().st_size)
 
 
 def export_onnx(folder: str | os.PathLike, output: str | os.PathLike,
@@ -97,10 +81,7 @@ def export_onnx(folder: str | os.PathLike, output: str | os.PathLike,
     """Export the classifier in ``folder`` to ``output`` and check it: onnxruntime's logits on ``check_texts``
     (batched, with right padding) within ``PARITY_ATOL`` of PyTorch's, else an ``HfSpamError`` and no file."""
     clf = SpamClassifier.from_pretrained(folder, device="cpu")
-    if clf.read_last_real_token:
-        raise HfSpamError(f"{folder}: `last` pooling without a trained length reads a position that depends on "
-                          "each batch's padding; export a model trained with fixed padding or another pooling")
-    graph = _Graph(clf.model).eval()
+    graph = _Logits(clf.model).eval()
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence", max=clf.model.config.context_length)
     example = torch.tensor([[464, 3290, 318, 257, 1332], [33, 1268, 25474, 50256, 50256]])
     output = Path(output)
@@ -139,6 +120,9 @@ class OnnxSession:
     def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         return self.session.run(["logits"], {"input_ids": input_ids, "attention_mask": attention_mask})[0]
 
+    def torch_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.logits(input_ids.numpy(), attention_mask.numpy()))
+
 
 def max_logit_difference(clf: SpamClassifier, session: OnnxSession, texts: Sequence[str],
                          batch_size: int = 16) -> float:
@@ -149,10 +133,9 @@ def max_logit_difference(clf: SpamClassifier, session: OnnxSession, texts: Seque
     for start in range(0, len(ids), batch_size):
         rows = ids[start : start + batch_size]
         width = max(len(r) for r in rows)
-        input_ids = torch.tensor([r + [50256] * (width - len(r)) for r in rows])
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-        with torch.no_grad():
-            expected = clf.model(input_ids=input_ids, attention_mask=mask).logits.numpy()
+        input_ids = torch.tensor([r + [PAD_TOKEN_ID] * (width - len(r)) for r in rows], dtype=torch.long)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long)
+        expected = clf.logits(input_ids, mask).numpy()
         worst = max(worst, float(np.abs(session.logits(input_ids.numpy(), mask.numpy()) - expected).max()))
     return worst
 

@@ -1,12 +1,7 @@
-"""Model folders that stand alone on the Hub, their model card, and pushing them.
-
-A folder holds ``model.safetensors``, ``config.json`` with an ``auto_map`` and ``modeling_gpt.py`` beside
-it (remote code: ``pipeline(..., trust_remote_code=True)`` works without hf_spam), the GPT-2 tokenizer,
-``README.md`` (the model card, from ``model_card.md``), ``handler.py`` (an Inference Endpoints handler),
-``training_args.json`` and ``metrics.json``.
-What goes into the card and ``training_args.json`` comes from allow-lists, so no token or local path
-can reach them.
-"""
+"""Model folders that stand alone on the Hub, written, checked and pushed: ``model.safetensors``, ``config.json``
+with an ``auto_map`` and ``modeling_gpt.py`` beside it (remote code: ``pipeline(..., trust_remote_code=True)``
+works without hf_spam), the GPT-2 tokenizer, ``README.md`` (the card, ``hf_spam.model_card``), ``handler.py`` (an
+Inference Endpoints handler), ``training_args.json`` and ``metrics.json``."""
 
 from __future__ import annotations
 
@@ -18,90 +13,19 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
 from huggingface_hub.utils import filter_repo_objects, get_token
 
 from .errors import HfSpamError, UnavailableError, one_line
 from .files import is_hub_id, write_json
-from .metrics import positive_index
+from .model_card import model_card
 from .tokenization import build_hf_tokenizer, save_hf_tokenizer
 
-CARD_TEMPLATE = Path(__file__).with_name("model_card.md")
 HANDLER = Path(__file__).with_name("endpoint_handler.py")
-# Two messages to try on the model's Hub page (made up for the card, not taken from any data set).
-WIDGET = [{"text": "Congratulations! You have won a free cruise. Text WIN to 80085 to claim your prize now."},
-          {"text": "Running late, see you at the station at 6?"}]
 WEIGHT_FILES = ("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json")
 # Never uploaded: Trainer checkpoints (optimizer state, pickled arguments), logs, hidden and temporary files.
 UPLOAD_IGNORE = ["checkpoint-*/", "runs/", ".*", "*/.*", "*.log", "*.tmp", "training_args.bin", "*/training_args.bin"]
-
-
-def _metric_names(two_labels: bool, positive: str) -> dict[str, tuple[str, str, dict | None]]:
-    """``metrics.json`` key suffix -> (model-index metric type, display name, metric arguments)."""
-    if two_labels:
-        return {"accuracy": ("accuracy", "Accuracy", None), "f1": ("f1", f"F1 ({positive})", None),
-                "precision": ("precision", f"Precision ({positive})", None),
-                "recall": ("recall", f"Recall ({positive})", None)}
-    return {"accuracy": ("accuracy", "Accuracy", None),
-            **{f"macro_{k}": (k, f"{k.capitalize()} (macro)", {"average": "macro"})
-               for k in ("f1", "precision", "recall")}}
-
-
-def _eval_dataset(data: dict[str, Any]) -> dict[str, str | None]:
-    """The model-index dataset of the test scores: only names that exist (a Hub id and its split, or none)."""
-    if data.get("source") == "hub":
-        given = data.get("made", {}).get("test", "given") == "given"
-        return {"dataset_type": data["dataset_id"], "dataset_config": data.get("dataset_config"),
-                "dataset_split": "test" if given else "train",
-                "dataset_name": f"{data['dataset_id']}, " + ("test split" if given else "rows held out of train")}
-    if data.get("source") == "local":
-        return {"dataset_type": "local-files", "dataset_split": "test", "dataset_name": "local files, test split"}
-    # The SMS data came from UCI's file, not from a Hub dataset: the test split named here is the recipe's own.
-    return {"dataset_type": "uci-sms-spam-collection", "dataset_split": "test",
-            "dataset_name": "SMS Spam Collection v.1 (UCI), the recipe's test split"}
-
-
-def model_card(config: Any, metrics: dict[str, Any], settings: dict[str, Any], info: dict[str, Any],
-               model_name: str) -> ModelCard:
-    """The README.md: metadata (library, license, dataset, tags, ``model-index`` of the test metrics) and
-    what the model is, what it was trained on, how well it does (per class too) and how to use it.
-
-    ``info`` may name ``base_model`` (kept only if it is a Hub id), ``repo_id``, ``weights``, ``model_size`` and
-    ``data`` (``hf_spam.sources.load_data``'s account of the data; default: the SMS recipe); ``settings`` is an
-    allow-listed summary of the training arguments.
-    """
-    base_model = info.get("base_model") if is_hub_id(info.get("base_model")) else None
-    data = {"source": "sms", **(info.get("data") or {})}  # default: the chapter's data
-    sms = data["source"] == "sms"
-    labels = [str(config.id2label[i]) for i in range(config.num_labels)]
-    positive = labels[positive_index(labels, metrics.get("positive_label"))] if len(labels) == 2 else None
-    names = _metric_names(len(labels) == 2, positive)
-    evals = [EvalResult(task_type="text-classification", task_name="Text classification", metric_type=kind,
-                        metric_name=name, metric_args=args, metric_value=round(metrics[f"test_{key}"], 6),
-                        **_eval_dataset(data))
-             for key, (kind, name, args) in names.items() if isinstance(metrics.get(f"test_{key}"), (int, float))]
-    card = ModelCardData(
-        base_model=base_model, language=["en"] if sms else None, library_name="transformers", license="apache-2.0",
-        pipeline_tag="text-classification", model_name=model_name, eval_results=evals or None,
-        datasets=[data["dataset_id"]] if data.get("source") == "hub" else None, widget=WIDGET if sms else None,
-        tags=["text-classification", *(["spam-detection"] if sms else []), "gpt2", "hf-spam", "llms-from-scratch"])
-    results = [[split, *(f"{metrics[f'{split}_{k}'] * 100:.2f}%" for k in names), str(metrics.get(f"{split}_examples"))]
-               for split in ("train", "validation", "test") if all(f"{split}_{k}" in metrics for k in names)]
-    per_class = [[name, *(f"{scores[k] * 100:.2f}%" for k in ("precision", "recall", "f1")), str(scores["support"])]
-                 for name, scores in (metrics.get("test_per_class") or {}).items()]
-    return ModelCard.from_template(
-        card, template_path=str(CARD_TEMPLATE), model_name=model_name, base_model=base_model,
-        repo_id=info.get("repo_id") if is_hub_id(info.get("repo_id")) else f"YOUR_NAME/{model_name}",
-        weights=info.get("weights"), model_size=info.get("model_size") or "custom size", sms=sms,
-        recipe=data.get("recipe"), splits=data.get("splits") or {}, made=data.get("made") or {},
-        dataset_id=data.get("dataset_id"), dataset_config=data.get("dataset_config"), balance=data.get("balance"),
-        labels=labels, positive=positive, settings=settings, results=results,
-        per_class=per_class, confusion=list(zip(labels, metrics.get("test_confusion_matrix") or [])),
-        total_parameters=metrics.get("total_parameters"), pooling=config.pooling,
-        padded_length=getattr(config, "padded_length", None), n_layers=config.n_layers, n_heads=config.n_heads,
-        emb_dim=config.emb_dim, context_length=config.context_length,
-    )
 
 
 def save_model_folder(model: Any, folder: str | os.PathLike, *, metrics: dict | None = None,

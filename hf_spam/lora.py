@@ -4,7 +4,7 @@ trains in full.
 peft keeps a classification head trainable (and saved) on its own only when it is named ``classifier``
 or ``score``, so ``out_head`` is listed in ``modules_to_save``. peft scales the update by
 ``lora_alpha / r``; the chapter's appendix E scales it by ``alpha`` alone, so the chapter's
-``rank=16, alpha=16`` is peft's ``r=16, lora_alpha=256`` (``peft_alpha_for_chapter``).
+``rank=16, alpha=16`` is peft's ``r=16, lora_alpha=256`` (alpha times r).
 """
 
 from __future__ import annotations
@@ -15,27 +15,14 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
 
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from .errors import HfSpamError, one_line
 from .modeling_gpt import GPTSpamForSequenceClassification
 
 # Every nn.Linear inside the blocks and nothing else (a string is a full-name regex for peft):
 # att.W_query/W_key/W_value/out_proj and ff.layers.0/2.
 TARGET_MODULES = r".*\.trf_blocks\.\d+\.(att\.(W_query|W_key|W_value|out_proj)|ff\.layers\.(0|2))"
-
-
-def peft_alpha_for_chapter(rank: int, chapter_alpha: float) -> float:
-    """peft's ``lora_alpha`` with the update scale of the chapter's ``alpha`` (which is not divided by r)."""
-    return float(chapter_alpha) * rank
-
-
-def lora_parameter_count(config: Any, rank: int) -> int:
-    """Parameters LoRA adds at ``rank``: r * (in + out) for each of the six Linear layers of every block."""
-    d = config.emb_dim
-    return config.n_layers * rank * (4 * 2 * d + 2 * 5 * d)
 
 
 def apply_lora(model: GPTSpamForSequenceClassification, rank: int = 16, alpha: float = 16.0,
@@ -75,19 +62,3 @@ def save_adapter_and_merge(peft_model: PeftModel, adapter_dir: str | os.PathLike
         p.requires_grad = True
     return merged.eval()
 
-
-def load_adapter(base_model: GPTSpamForSequenceClassification | str | os.PathLike, adapter_dir: str | os.PathLike,
-                 *, is_trainable: bool = False) -> PeftModel:
-    """A saved adapter on its base model (a classifier or a saved folder of it): the model the adapter was
-    trained on, not the merged folder, which already holds the update."""
-    adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise HfSpamError(f"{adapter_dir}: no adapter_config.json; expected a folder written by training with LoRA")
-    if not isinstance(base_model, GPTSpamForSequenceClassification):
-        base_model = GPTSpamForSequenceClassification.from_pretrained(base_model)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        try:
-            return PeftModel.from_pretrained(base_model, adapter_dir, is_trainable=is_trainable)
-        except RuntimeError as err:  # shape mismatch: an adapter of another model size
-            raise HfSpamError(f"{adapter_dir}: adapter does not fit the base model ({one_line(err)})") from None

@@ -7,7 +7,7 @@ user without ``hf_spam`` installed can still load the model with ``trust_remote_
 
 Module and parameter names follow chapter 4/6 of *Build a Large Language Model (From Scratch)*
 (``tok_emb``, ``pos_emb``, ``trf_blocks[i].att.W_query``, ``norm1.scale`` ...), so a state dict
-saved by the chapter's notebook loads with ``strict=True`` (``hf_spam.weights.load_chapter_classifier``).
+saved by the chapter's notebook loads with ``strict=True`` (``hf_spam.chapter_checkpoint.load_chapter_classifier``).
 """
 
 from __future__ import annotations
@@ -71,6 +71,8 @@ class GPTSpamConfig(PretrainedConfig):
         initializer_range (`float`, defaults to 0.02): std of the normal init of Linear/Embedding weights.
         num_labels / id2label / label2id: the classes, ham (0) and spam (1) by default.
         pad_token_id (`int`, defaults to 50256): GPT-2's `<|endoftext|>`, used as padding.
+        padded_length (`int`, *optional*): the length training padded every text to (the chapter: the longest
+            training text), or `None` (each batch padded to its longest text); only `trained_shape` acts on it.
     """
 
     model_type = "hf_spam_gpt"
@@ -92,6 +94,7 @@ class GPTSpamConfig(PretrainedConfig):
         pooling: str = "last",
         initializer_range: float = 0.02,
         pad_token_id: int | None = 50256,
+        padded_length: int | None = None,
         **kwargs,
     ):
         if pooling not in POOLING_CHOICES:
@@ -112,8 +115,24 @@ class GPTSpamConfig(PretrainedConfig):
         if "id2label" not in kwargs and "num_labels" not in kwargs:
             kwargs["id2label"] = {0: "ham", 1: "spam"}
             kwargs["label2id"] = {"ham": 0, "spam": 1}
+        self.padded_length = padded_length
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(pad_token_id=pad_token_id, **kwargs)
+
+    @property
+    def max_input_tokens(self) -> int:
+        """Texts are cut to this many tokens: the padded length of training, else the context."""
+        return min(self.padded_length or self.context_length, self.context_length)
+
+    @property
+    def fixed_length(self) -> int | None:
+        """The length every input is padded to: with `last` pooling (which reads the last padded position) the
+        padded length of training; otherwise `None`, since padding then changes nothing that is read."""
+        return self.max_input_tokens if self.pooling == "last" and self.padded_length else None
+
+    @property
+    def training_length(self) -> int | None:  # for reports: the card, the server's /info
+        return self.padded_length
 
     @classmethod
     def from_preset(cls, model_size: str, **kwargs) -> GPTSpamConfig:
@@ -162,7 +181,7 @@ class MultiHeadAttention(nn.Module):
 
     The chapter registers a ``[context, context]`` causal-mask buffer (persistent, so it sits in
     the chapter's state dicts); we let PyTorch's fused ``scaled_dot_product_attention`` apply
-    causality instead, so no mask lands in our checkpoints. ``hf_spam.weights.load_chapter_classifier``
+    causality instead, so no mask lands in our checkpoints. ``hf_spam.chapter_checkpoint.load_chapter_classifier``
     checks and drops the chapter's mask buffers.
     """
 
@@ -384,14 +403,30 @@ class GPTSpamForSequenceClassification(GPTSpamPreTrainedModel):
         """
         return None if self.config.causal else attention_mask
 
+    @property
+    def active_pooling(self) -> str:
+        """The pooling in force. ``last`` reads the last padded position; a model trained without a fixed length
+        has no such position outside its training batches, so at inference it reads the last real token."""
+        if self.config.pooling == "last" and self.config.fixed_length is None and not self.training:
+            return "last_non_pad"
+        return self.config.pooling
+
     def classify(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """Final norm, pooling and head on block outputs: ``[b, t, d] -> [b, num_labels]``.
 
         Pooling before the head equals the chapter's ``out_head(...)[:, -1, :]`` because the head is
         linear per token, and skips computing logits for every other position.
         """
-        pooled = pool_hidden_states(self.gpt.final_norm(hidden), attention_mask, self.config.pooling)
-        return self.gpt.out_head(pooled)
+        return self.gpt.out_head(pool_hidden_states(self.gpt.final_norm(hidden), attention_mask, self.active_pooling))
+
+    def trunk_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, end: int) -> torch.Tensor:
+        """What ``forward`` computes before ``trf_blocks[end:]``: ``[b, t, d]`` block outputs, or for
+        ``end == n_layers`` the pooled, final-normed ``[b, d]`` the head reads (the frozen-trunk cache stores these)."""
+        input_ids, attention_mask = self.trained_shape(input_ids, attention_mask)
+        hidden = self.gpt.run_blocks(self.gpt.embed(input_ids), self.trunk_attention_mask(attention_mask), 0, end)
+        if end >= len(self.gpt.trf_blocks):
+            return pool_hidden_states(self.gpt.final_norm(hidden), attention_mask, self.active_pooling)
+        return hidden
 
     def logits_from_block(
         self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, start: int
@@ -405,7 +440,7 @@ class GPTSpamForSequenceClassification(GPTSpamPreTrainedModel):
         """
         n = len(self.gpt.trf_blocks)
         b, t, _ = hidden.shape
-        index = pooling_index(attention_mask, b, t, self.config.pooling, hidden.device)
+        index = pooling_index(attention_mask, b, t, self.active_pooling, hidden.device)
         trunk_mask = self.trunk_attention_mask(attention_mask)
         if index is None or start >= n:
             return self.classify(self.gpt.run_blocks(hidden, trunk_mask, start), attention_mask)
@@ -426,22 +461,26 @@ class GPTSpamForSequenceClassification(GPTSpamPreTrainedModel):
     def trained_shape(self, input_ids: torch.Tensor,
                       attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The inputs as training saw them, so that a model predicts the same however it is called (a pipeline
-        with default arguments, a tokenizer padding to the batch's longest text): texts are cut to the padded
-        length of training (else the context), like the chapter's ``classify_review``; with ``last`` pooling,
-        which reads a padded position, they are right-padded to that length; an empty text is one
-        ``<|endoftext|>`` token. Inputs already in that shape (training batches) pass unchanged."""
-        b, t = input_ids.shape
-        length = min(int(getattr(self.config, "padded_length", None) or self.config.context_length),
-                     self.config.context_length)
-        if t == 0:  # nothing to read: classify the padding token itself, as a real token
-            return input_ids.new_full((b, 1), self.config.pad_token_id), input_ids.new_ones((b, 1))
-        if t > length:
-            input_ids = input_ids[:, :length]
-            attention_mask = attention_mask[:, :length] if attention_mask is not None else None
-        elif t < length and self.config.pooling == "last" and getattr(self.config, "padded_length", None):
+        with default arguments, a tokenizer padding to the batch's longest text, an ONNX graph): texts are cut to
+        ``config.max_input_tokens``, like the chapter's ``classify_review``; with a ``config.fixed_length``
+        (``last`` pooling) they are right-padded to it; an empty text is one ``<|endoftext|>`` token. Training
+        batches pass unchanged; ``torch.export`` traces it with dynamic batch and sequence axes."""
+        pad, length = self.config.pad_token_id, self.config.fixed_length
+        if length is not None:  # a negative pad cuts: one op for texts shorter and longer than the length
             mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-            input_ids = F.pad(input_ids, (0, length - t), value=self.config.pad_token_id)
-            attention_mask = F.pad(mask, (0, length - t), value=0)
+            extra = length - input_ids.shape[1]
+            input_ids, attention_mask = F.pad(input_ids, (0, extra), value=pad), F.pad(mask, (0, extra), value=0)
+        else:
+            if input_ids.shape[1] == 0:  # nothing at all to read
+                input_ids = input_ids.new_full((input_ids.shape[0], 1), pad)
+                attention_mask = input_ids.new_zeros(input_ids.shape)
+            input_ids = input_ids[:, : self.config.max_input_tokens]
+            attention_mask = attention_mask[:, : input_ids.shape[1]] if attention_mask is not None else None
+        if attention_mask is None:
+            return input_ids, None
+        empty = attention_mask[:, :1] == 0  # right padding: no real first token, no real token at all
+        input_ids = torch.cat([torch.where(empty, pad, input_ids[:, :1]), input_ids[:, 1:]], dim=1)
+        attention_mask = torch.cat([attention_mask[:, :1] | empty.to(attention_mask.dtype), attention_mask[:, 1:]], 1)
         return input_ids, attention_mask
 
     def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
@@ -462,25 +501,16 @@ class GPTSpamForSequenceClassification(GPTSpamPreTrainedModel):
     ) -> SequenceClassifierOutput:
         # output_attentions/output_hidden_states/return_dict are accepted because peft's
         # sequence-classification wrapper passes them; this model always returns a ModelOutput.
-        if input_ids is not None and inputs_embeds is None:
-            input_ids, attention_mask = self.trained_shape(input_ids, attention_mask)
         if inputs_embeds is not None:
             pos = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)
             x = self.gpt.drop_emb(inputs_embeds + self.gpt.pos_emb(pos))
         elif input_ids is not None:
+            input_ids, attention_mask = self.trained_shape(input_ids, attention_mask)
             x = self.gpt.embed(input_ids)
         else:
             raise ValueError("forward: pass input_ids or inputs_embeds")
-        hidden = self.gpt.run_blocks(x, self.trunk_attention_mask(attention_mask))
-        logits = self.classify(hidden, attention_mask)
+        logits = self.classify(self.gpt.run_blocks(x, self.trunk_attention_mask(attention_mask)), attention_mask)
         return SequenceClassifierOutput(loss=self.compute_loss(logits, labels), logits=logits)
-
-
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, total
 
 
 # Saved folders carry this file and an ``auto_map``, so they load with ``trust_remote_code=True`` anywhere.

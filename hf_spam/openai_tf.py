@@ -2,7 +2,7 @@
 
 Needs TensorFlow (the optional ``tf`` extra). Every variable's name and shape is checked against
 ``hparams.json`` before any data is read; the tensors then go through the same name mapping as the
-Hugging Face checkpoint (``hf_spam.weights.hf_to_chapter``): OpenAI's Conv1D weights only carry an
+Hugging Face checkpoint (``hf_spam.gpt2_names.hf_to_chapter``): OpenAI's Conv1D weights only carry an
 extra leading 1 (``[1, n_in, n_out]``).
 """
 
@@ -19,7 +19,7 @@ import torch
 from .download import download_file
 from .errors import HfSpamError, UnavailableError, one_line
 from .files import cache_dir
-from .weights import WEIGHTS_HINT, checked_sizes, hf_to_chapter
+from .gpt2_names import WEIGHTS_HINT, checked_sizes, gpt2_shapes, hf_to_chapter, openai_name
 
 BASE_URLS = (
     "https://openaipublic.blob.core.windows.net/gpt-2/models/{size}/",
@@ -29,30 +29,6 @@ FILES = ("checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-00000-of
          "model.ckpt.meta", "vocab.bpe")
 SIZES = ("124M", "355M", "774M", "1558M")
 EXPECTED = "OpenAI's files: hparams.json, checkpoint, model.ckpt.index, model.ckpt.data-00000-of-00001"
-
-
-def openai_name(hf_name: str) -> str:
-    """OpenAI's variable name of a GPT-2 tensor (``h.0.ln_1.weight`` -> ``model/h0/ln_1/g``)."""
-    *module, leaf = hf_name.split(".")
-    if module[0] in ("wte", "wpe"):
-        return f"model/{module[0]}"
-    short = ("g" if module[-1].startswith("ln_") else "w") if leaf == "weight" else "b"
-    if module[0] == "h":
-        module = [f"h{module[1]}", *module[2:]]
-    return "model/" + "/".join([*module, short])
-
-
-def gpt2_shapes(sizes: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """Every GPT-2 tensor (HF names without ``transformer.``) and its shape; Conv1D weights are ``[n_in, n_out]``."""
-    e, v, c = sizes["emb_dim"], sizes["vocab_size"], sizes["context_length"]
-    shapes: dict[str, tuple[int, ...]] = {"wte.weight": (v, e), "wpe.weight": (c, e)}
-    for i in range(sizes["n_layers"]):
-        for name, shape in (("ln_1.weight", (e,)), ("ln_1.bias", (e,)), ("attn.c_attn.weight", (e, 3 * e)),
-                            ("attn.c_attn.bias", (3 * e,)), ("attn.c_proj.weight", (e, e)), ("attn.c_proj.bias", (e,)),
-                            ("ln_2.weight", (e,)), ("ln_2.bias", (e,)), ("mlp.c_fc.weight", (e, 4 * e)),
-                            ("mlp.c_fc.bias", (4 * e,)), ("mlp.c_proj.weight", (4 * e, e)), ("mlp.c_proj.bias", (e,))):
-            shapes[f"h.{i}.{name}"] = shape
-    return {**shapes, "ln_f.weight": (e,), "ln_f.bias": (e,)}
 
 
 def _import_tensorflow(folder: Path) -> Any:

@@ -15,7 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 from .files import atomic_path  # noqa: E402
 
 
-def _save(fig: Any, stem: Path, formats: tuple[str, ...] = ("png", "pdf")) -> list[Path]:
+def save_figure(fig: Any, stem: Path, formats: tuple[str, ...] = ("png", "pdf")) -> list[Path]:
+    """``fig`` as ``STEM.png``, ``STEM.pdf`` ... (each written atomically), then closed."""
     written = []
     for ext in formats:
         with atomic_path(stem.with_suffix(f".{ext}")) as tmp:
@@ -40,7 +41,7 @@ def plot_values(epochs_seen: list[float], examples_seen: list[float], train_valu
     ax2.plot(examples_seen, train_values, alpha=0)
     ax2.set_xlabel("Examples seen")
     fig.tight_layout()
-    return _save(fig, out_stem)
+    return save_figure(fig, out_stem)
 
 
 def plot_history(log_history: list[dict], examples_per_step: int, steps_per_epoch: float, out_dir: Path) -> list[Path]:
@@ -77,4 +78,4 @@ def plot_confusion_matrix(cm: Any, labels: list[str], path: Path, title: str) ->
     for (i, j), value in np.ndenumerate(cm):
         ax.text(j, i, str(int(value)), ha="center", va="center", color="white" if value > cm.max() / 2 else "black")
     fig.tight_layout()
-    return _save(fig, path.with_suffix(""), ("png",))[0]
+    return save_figure(fig, path.with_suffix(""), ("png",))[0]

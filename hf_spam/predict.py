@@ -1,25 +1,17 @@
-"""Fast prediction with a trained model: ``SpamClassifier`` (ham/spam, or whatever labels the model has).
+"""Labelling texts with a trained model: ``SpamClassifier`` (ham/spam, or whatever labels the model has).
 
-Texts are tokenized with tiktoken exactly as in training (``encode_ordinary``), sorted by length and
-batched with right padding, so a batch is only as long as its longest text; results come back in input
-order, and a text's result never depends on which other texts share its batch:
-
-- texts are cut to the padded length used in training (``config.padded_length``) if the model stores
-  one, else to the context length;
-- ``last`` pooling (the book: read the last position, padding or not) pads every text to
-  ``config.padded_length``, reproducing training exactly; a model trained without a fixed length is read
-  at the last *real* token instead;
-- the other poolings ignore padding by construction.
-
-An empty text is classified as one ``<|endoftext|>`` token, so output stays one record per input.
+A thin layer over the model's own ``forward`` (or any function giving logits, such as an ONNX session):
+texts are tokenized with tiktoken exactly as in training (``encode_ordinary``), batched by length with right
+padding (``tokenization.length_batches``), and the model shapes each batch as it was trained
+(``GPTSpamForSequenceClassification.trained_shape``: the cut, the padding that ``last`` pooling reads, an
+empty text). Results come back in input order, and a text's result never depends on its batch.
 ``predict_stream`` reads its input lazily in chunks: memory stays bounded whatever the input size.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -31,11 +23,11 @@ from transformers.dynamic_module_utils import get_class_from_dynamic_module
 from .errors import HfSpamError, UnavailableError, one_line
 from .files import is_hub_id
 from .modeling_gpt import GPTSpamConfig, GPTSpamForSequenceClassification
-from .tokenization import PAD_TOKEN_ID, get_encoding
+from .tokenization import PAD_TOKEN_ID, get_encoding, length_batches
 
-MAX_PADDING_WASTE = 0.25  # padding a batch may add to its real tokens before it is split
 DTYPES = {"float32": None, "fp32": None, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
+Logits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids, attention_mask) -> logits, on the CPU
 
 
 class SpamClassifier:
@@ -46,30 +38,35 @@ class SpamClassifier:
     [{'text': ..., 'label': 'spam', 'probabilities': {'ham': 0.01, 'spam': 0.99}, 'spam_probability': 0.99}, ...]
     """
 
-    def __init__(self, model: torch.nn.Module | None, encoding: object, *, device: str | torch.device | None = None,
-                 dtype: str | None = None, config: GPTSpamConfig | None = None):
-        config = config or model.config  # no model: a subclass computes the logits (hf_spam.export.OnnxClassifier)
+    def __init__(self, logits: Logits, config: GPTSpamConfig, encoding: object, *, model_bytes: int = 0,
+                 model: GPTSpamForSequenceClassification | None = None):
         labels = {int(k): str(v) for k, v in config.id2label.items()}
         if len(labels) < 2 or sorted(labels) != list(range(len(labels))):
             raise HfSpamError(f"model: labels {labels}; expected two or more classes numbered from 0")
-        if dtype not in (None, *DTYPES):
-            raise HfSpamError(f"dtype: unknown value {dtype!r}; expected one of {', '.join(DTYPES)}")
         # The chapter's ham/spam models also report P(spam) as `spam_probability`.
         self.spam_index = next((i for i, v in labels.items() if v.lower() == "spam"), None) if len(labels) == 2 \
             else None
         self.labels, self.names, self.encoding = labels, [labels[i] for i in range(len(labels))], encoding
-        self.device = checked_device(device) if device is not None else PartialState().default_device  # GPU if any
-        self.dtype = DTYPES[dtype] if dtype else None
-        if self.dtype == torch.float16 and self.device.type == "cpu":
+        self.logits, self.config, self.model_bytes, self.model = logits, config, model_bytes, model
+
+    @classmethod
+    def from_model(cls, model: GPTSpamForSequenceClassification, encoding: object, *,
+                   device: str | torch.device | None = None, dtype: str | None = None) -> SpamClassifier:
+        """Label texts with ``model`` itself (its ``forward``) on ``device`` (default: a GPU if there is one),
+        under ``dtype`` autocast if given."""
+        if dtype not in (None, *DTYPES):
+            raise HfSpamError(f"dtype: unknown value {dtype!r}; expected one of {', '.join(DTYPES)}")
+        device = checked_device(device) if device is not None else PartialState().default_device
+        if DTYPES.get(dtype) == torch.float16 and device.type == "cpu":
             raise HfSpamError("dtype: float16 needs a GPU; use bfloat16 on the CPU")
-        self.model = model.to(self.device).eval() if model is not None else None
-        self.config = config
-        self.model_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) if model is not None else 0
-        padded = getattr(config, "padded_length", None)
-        self.max_tokens = min(int(padded or config.context_length), int(config.context_length))
-        # `last` pooling: pad to the trained length when known; otherwise read the last real token.
-        self.fixed_length = self.max_tokens if config.pooling == "last" and padded else None
-        self.read_last_real_token = config.pooling == "last" and not padded
+        model, autocast = model.to(device).eval(), DTYPES.get(dtype)
+
+        def logits(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode(), torch.autocast(device.type, autocast, enabled=autocast is not None):
+                return model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits.cpu()
+
+        return cls(logits, model.config, encoding, model=model,
+                   model_bytes=sum(p.numel() * p.element_size() for p in model.parameters()))
 
     @classmethod
     def from_pretrained(cls, name_or_folder: str | os.PathLike, *, device: str | torch.device | None = None,
@@ -113,65 +110,38 @@ class SpamClassifier:
             encoding = get_encoding(bpe_dir or folder)
         except HfSpamError as err:
             raise type(err)(f"{name}: could not load GPT-2's tokenizer ({one_line(err)})") from None
-        return cls(model, encoding, device=device, dtype=dtype)
+        return cls.from_model(model, encoding, device=device, dtype=dtype)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids per text, cut to ``max_tokens``; an empty text becomes ``[50256]``."""
+        """Token ids per text, cut to the model's ``max_input_tokens`` (memory stays bounded for any text)."""
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise HfSpamError(f"texts[{i}]: expected str, got {type(text).__name__}")
-        return [x[: self.max_tokens] or [PAD_TOKEN_ID] for x in self.encoding.encode_ordinary_batch(list(texts))]
+        return [x[: self.config.max_input_tokens] for x in self.encoding.encode_ordinary_batch(list(texts))]
 
     def probabilities(self, token_ids: Sequence[Sequence[int]], batch_size: int = 64) -> list[list[float]]:
-        """Each label's probability per token-id list, in input order (length-sorted batches, right padding)."""
+        """Each label's probability per token-id list, in input order (length-sorted batches, right padding; the
+        first batch is the longest, so it shows at once whether memory suffices)."""
         if batch_size < 1:
             raise HfSpamError(f"batch_size: {batch_size}; expected a positive integer")
-        order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]), reverse=True)  # longest first:
-        probs: list[list[float]] = [[]] * len(token_ids)  # the first batch shows at once whether memory suffices
-        autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
-        with torch.inference_mode(), autocast:
-            for rows in self._batches(order, [len(token_ids[i]) for i in order], batch_size):
-                length = self.fixed_length or len(token_ids[rows[0]])
-                ids = torch.full((len(rows), length), PAD_TOKEN_ID, dtype=torch.long)
-                mask = torch.zeros((len(rows), length), dtype=torch.long)
-                for r, i in enumerate(rows):
-                    ids[r, : len(token_ids[i])] = torch.as_tensor(token_ids[i])
-                    mask[r, : len(token_ids[i])] = 1
-                logits = self._logits(ids.to(self.device), mask.to(self.device))
-                for i, p in zip(rows, torch.softmax(logits.float(), dim=-1).tolist()):
-                    probs[i] = p
+        fixed = self.config.fixed_length  # every text is padded to it anyway: batches need not follow lengths
+        probs: list[list[float]] = [[]] * len(token_ids)
+        for rows in length_batches([fixed or len(ids) for ids in token_ids], batch_size):
+            length = max(len(token_ids[i]) for i in rows)
+            ids = torch.full((len(rows), length), PAD_TOKEN_ID, dtype=torch.long)
+            mask = torch.zeros((len(rows), length), dtype=torch.long)
+            for r, i in enumerate(rows):
+                ids[r, : len(token_ids[i])] = torch.as_tensor(token_ids[i], dtype=torch.long)
+                mask[r, : len(token_ids[i])] = 1
+            for i, p in zip(rows, torch.softmax(self.logits(ids, mask).float(), dim=-1).tolist()):
+                probs[i] = p
         return probs
-
-    def _batches(self, order: list[int], lengths: list[int], batch_size: int) -> Iterator[list[int]]:
-        """Rows of at most ``batch_size`` texts, longest first; a batch ends early where padding to its longest
-        text would waste more than ``MAX_PADDING_WASTE`` of the work (texts of any length arrive together in a
-        server's batch). Fixed-length padding (``last`` pooling) pads everything alike: plain chunks."""
-        start = 0
-        while start < len(order):
-            end, real = start + 1, lengths[start]
-            while end < len(order) and end - start < batch_size:
-                padded = (end + 1 - start) * lengths[start]  # the batch padded to its longest (first) text
-                if not self.fixed_length and padded > (1 + MAX_PADDING_WASTE) * (real + lengths[end]):
-                    break
-                real += lengths[end]
-                end += 1
-            yield order[start:end]
-            start = end
 
     def predict_labels(self, texts: Sequence[str], batch_size: int = 64) -> list[dict]:
         """``[{"label", "probabilities": {label: p}}]`` per text, in input order; ``label`` is the most probable.
         (What the HTTP service returns.)"""
         return [{"label": self.names[max(range(len(p)), key=p.__getitem__)], "probabilities": dict(zip(self.names, p))}
                 for p in self.probabilities(self.encode(texts), batch_size)]
-
-    def _logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if not self.read_last_real_token:
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-        # `last` pooling without a trained length: the same trunk and head, read at the last real token.
-        model, gpt = self.model, self.model.gpt
-        hidden = gpt.run_blocks(gpt.embed(input_ids), model.trunk_attention_mask(attention_mask))
-        last = attention_mask.sum(dim=1) - 1
-        return gpt.out_head(gpt.final_norm(hidden)[torch.arange(len(last), device=last.device), last])
 
     def predict(self, texts: str | Sequence[str], batch_size: int = 64, *, return_text: bool = True) -> list[dict]:
         """``[{"text", "label", "probabilities"}]`` per text, in input order; ``label`` is the most probable, and

@@ -2,7 +2,7 @@
 
     POST /predict   {"texts": ["...", ...]} or {"inputs": "..." | [...]} -> one result per text, in order
     GET  /health    {"status": "ok"}
-    GET  /info      labels, parameters, pooling, trained length, backend, limits
+    GET  /info      labels, parameters, pooling, training length, backend, limits
 
 Requests from many clients are gathered into batches: a batcher takes what is waiting (up to
 ``max_batch_size`` texts, waiting at most ``max_wait_ms`` for more) and runs one forward pass in a worker
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import UnavailableError
-from .feature_cache import release_freed_memory
+from .memory import release_freed_memory
 from .predict import SpamClassifier
 
 try:  # the serve extra: pip install "hf-spam[serve]"
@@ -78,7 +78,7 @@ def create_app(classifier: SpamClassifier, limits: Limits, backend: str = "torch
     queue: asyncio.Queue[_Job] = asyncio.Queue()
     waiting = {"texts": 0}  # texts accepted and not yet answered: what bounds memory
     info = {"labels": classifier.names, "backend": backend,
-            "pooling": classifier.config.pooling, "padded_length": getattr(classifier.config, "padded_length", None),
+            "pooling": classifier.config.pooling, "training_length": classifier.config.training_length,
             "model_bytes": classifier.model_bytes, "max_batch_size": limits.max_batch_size,
             "max_wait_ms": limits.max_wait_ms, "max_queue": limits.max_queue,
             "max_texts_per_request": limits.max_texts, "max_chars_per_request": limits.max_chars}

@@ -10,14 +10,15 @@ names the file, split, column, row or label that is wrong.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import datasets
 
-from .arguments import DataArguments
 from .data import load_sms_spam
 from .errors import HfSpamError, UnavailableError, one_line
+from .files import is_hub_id
 
 # datasets' builder and options per extension; CSV cells such as "NA" or "null" stay text.
 BUILDERS = {".csv": ("csv", {"keep_default_na": False}), ".tsv": ("csv", {"delimiter": "\t", "keep_default_na": False}),
@@ -132,56 +133,63 @@ def undersample(ds: datasets.Dataset, seed: int) -> datasets.Dataset:
     return ds.select(sorted(keep)).shuffle(seed=seed)
 
 
-def load_user_data(args: DataArguments) -> tuple[datasets.DatasetDict, dict[str, str]]:
-    """The splits of ``--dataset_name`` or ``--train_file``/``--validation_file``/``--test_file`` as
-    ``text``/``label`` with label names, and how each split was made (the missing ones are cut from the
-    training rows, stratified)."""
-    if args.dataset_name:
-        loaded, where = _load_named(args.dataset_name, args.dataset_config_name), {}
-    else:
-        loaded = {s: _load_file(getattr(args, f"{s}_file"), s) for s in SPLITS if getattr(args, f"{s}_file")}
-        where = {s: Path(getattr(args, f"{s}_file")).name for s in loaded}
-    splits = {s: _columns(ds, where.get(s, f"{s} split"), args.text_column, args.label_column)
-              for s, ds in loaded.items()}
-    names, mapping = _labels(splits["train"], args.label_names)
+def _user_splits(loaded: dict[str, datasets.Dataset], where: dict[str, str], text_column: str, label_column: str,
+                 label_names: list[str] | None, shares: dict[str, float], seed: int,
+                 balance: str) -> tuple[datasets.DatasetDict, dict[str, str]]:
+    """The user's splits as ``text``/``label`` with label names, and how each split was made (a missing one is
+    cut from the training rows, its share of them, stratified)."""
+    splits = {s: _columns(ds, where.get(s, f"{s} split"), text_column, label_column) for s, ds in loaded.items()}
+    names, mapping = _labels(splits["train"], label_names)
     splits = {s: _as_class_label(ds, where.get(s, f"{s} split"), names, mapping) for s, ds in splits.items()}
     made = {s: "given" for s in splits}
     given = len(splits["train"])
-    for split, share in (("test", args.test_split_percentage), ("validation", args.validation_split_percentage)):
+    for split, share in shares.items():
         if split in splits:
             continue
         size = max(1, round(given * share / 100))
         try:
-            cut = splits["train"].train_test_split(test_size=size, stratify_by_column="label", seed=args.split_seed)
+            cut = splits["train"].train_test_split(test_size=size, stratify_by_column="label", seed=seed)
         except ValueError as err:  # too few rows, or of a class, to stratify
             raise HfSpamError(f"train split: cannot cut a stratified {split} split of {size} rows from "
                               f"{len(splits['train'])} ({one_line(err)[:150]}); give --{split}_file or more rows") \
                 from None
         splits["train"], splits[split] = cut["train"], cut["test"]
-        made[split] = f"{share:g}% of the training rows, stratified (seed {args.split_seed})"
-    if args.balance == "undersample":
-        splits = {s: undersample(ds, args.split_seed) for s, ds in splits.items()}
+        made[split] = f"{share:g}% of the training rows, stratified (seed {seed})"
+    if balance == "undersample":
+        splits = {s: undersample(ds, seed) for s, ds in splits.items()}
     return datasets.DatasetDict({s: splits[s] for s in SPLITS}), made
 
 
-def load_data(args: DataArguments) -> tuple[datasets.DatasetDict, dict[str, Any]]:
-    """The recipe's splits (``text``, ``label`` as a ``ClassLabel``) and what the model card says about them:
-    your data when ``--dataset_name``/``--train_file`` is given, else the SMS collection cut like the chapter."""
-    if args.user_data:
-        splits, made = load_user_data(args)
-        info = {"source": "hub" if args.hub_dataset else "local", "dataset_id": args.hub_dataset,
-                "dataset_config": args.dataset_config_name, "made": made, "balance": args.balance}
+def load_data(*, data_file: str | None = None, dataset_name: str | None = None, dataset_config_name: str | None = None,
+              train_file: str | None = None, validation_file: str | None = None, test_file: str | None = None,
+              text_column: str = "text", label_column: str = "label", label_names: list[str] | None = None,
+              balance: str = "none", natural_balance: bool = False, split_seed: int = 123,
+              validation_split_percentage: float = 10, test_split_percentage: float = 20,
+              max_train_samples: int | None = None, max_eval_samples: int | None = None,
+              max_test_samples: int | None = None,
+              data_cache_dir: str | None = None) -> tuple[datasets.DatasetDict, dict[str, Any]]:
+    """The recipe's splits (``text``, ``label`` as a ``ClassLabel``) and what the model card says about them: your
+    data when ``dataset_name`` (Hub id or folder) or ``train_file`` (``validation_file``, ``test_file``) is given,
+    else the SMS collection (``data_file``, else a download) cut like the chapter; the recipe's data flags."""
+    validation, test = validation_split_percentage, test_split_percentage
+    if dataset_name or train_file:
+        if dataset_name:
+            loaded, where = _load_named(dataset_name, dataset_config_name), {}
+        else:
+            files = {s: f for s, f in zip(SPLITS, (train_file, validation_file, test_file)) if f}
+            loaded, where = {s: _load_file(f, s) for s, f in files.items()}, {s: Path(f).name for s, f in files.items()}
+        splits, made = _user_splits(loaded, where, text_column, label_column, label_names,
+                                    {"test": test, "validation": validation}, split_seed, balance)
+        # Only a Hub dataset's id may be written into the model card and training_args.json: a local path stays private.
+        hub = dataset_name if dataset_name and is_hub_id(dataset_name) and not os.path.isdir(dataset_name) else None
+        info = {"source": "hub" if hub else "local", "dataset_id": hub, "dataset_config": dataset_config_name,
+                "made": made, "balance": balance}
     else:
-        splits = load_sms_spam(args.data_file, cache=args.data_cache_dir, balanced=not args.natural_balance,
-                               seed=args.split_seed, train_frac=(100 - args.validation_split_percentage
-                                                                 - args.test_split_percentage) / 100,
-                               validation_frac=args.validation_split_percentage / 100)
-        info = {"source": "sms", "recipe": "natural balance, stratified" if args.natural_balance else
-                "balanced (747 ham + 747 spam), shuffled"}
-        info["recipe"] += (f", split {100 - args.validation_split_percentage - args.test_split_percentage:g}/"
-                           f"{args.validation_split_percentage:g}/{args.test_split_percentage:g}")
-    for split, limit in (("train", args.max_train_samples), ("validation", args.max_eval_samples),
-                         ("test", args.max_test_samples)):
+        splits = load_sms_spam(data_file, cache=data_cache_dir, balanced=not natural_balance, seed=split_seed,
+                               train_frac=(100 - validation - test) / 100, validation_frac=validation / 100)
+        recipe = "natural balance, stratified" if natural_balance else "balanced (747 ham + 747 spam), shuffled"
+        info = {"source": "sms", "recipe": f"{recipe}, split {100 - validation - test:g}/{validation:g}/{test:g}"}
+    for split, limit in (("train", max_train_samples), ("validation", max_eval_samples), ("test", max_test_samples)):
         if limit is not None and limit < len(splits[split]):
             splits[split] = splits[split].select(range(limit))
     info.update(splits={s: len(ds) for s, ds in splits.items()}, labels=splits["train"].features["label"].names)

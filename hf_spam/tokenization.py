@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ PAD_TOKEN_ID = 50256
 END_OF_TEXT = "<|endoftext|>"
 BPE_DIR_ENV = "HF_SPAM_BPE_DIR"
 PADDING_CHOICES = ("longest_train", "max_context", "dynamic")
+MAX_PADDING_WASTE = 0.25  # padding a length-sorted batch may add to its real tokens before it is split
 
 # OpenAI's file names, their Hugging Face names (same bytes), download URLs and the sha256 tiktoken checks.
 HF_NAMES = {"encoder.json": "vocab.json", "vocab.bpe": "merges.txt"}
@@ -112,6 +114,24 @@ def pad_and_truncate(ids: list[int], length: int) -> tuple[list[int], list[int]]
     """Right-pad (or cut) ``ids`` to ``length``; returns ``(input_ids, attention_mask)``."""
     ids = ids[:length]
     return ids + [PAD_TOKEN_ID] * (length - len(ids)), [1] * len(ids) + [0] * (length - len(ids))
+
+
+def length_batches(lengths: Sequence[int], max_rows: int, max_tokens: int | None = None) -> Iterator[list[int]]:
+    """Indices of ``lengths`` in batches of similar length, longest first: at most ``max_rows`` rows and, padded to
+    their longest, ``max_tokens`` tokens; a batch ends where that padding would add more than ``MAX_PADDING_WASTE``
+    to its real tokens (prediction and the frozen-trunk cache both batch this way)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    start = 0
+    while start < len(order):
+        end, real, width = start + 1, lengths[order[start]], lengths[order[start]]
+        while end < len(order) and end - start < max_rows:
+            padded = (end + 1 - start) * width
+            if padded > (1 + MAX_PADDING_WASTE) * (real + lengths[order[end]]) or max_tokens and padded > max_tokens:
+                break
+            real += lengths[order[end]]
+            end += 1
+        yield order[start:end]
+        start = end
 
 
 def tokenize_splits(

@@ -1,11 +1,9 @@
-"""GPT-2's pretrained weights in the chapter's ``GPTModel``, and the models the recipe starts from.
+"""GPT-2's pretrained weights in the chapter's ``GPTModel``.
 
 transformers reads Hugging Face checkpoints (Hub download, cache, offline mode, shards, safetensors or
-``pytorch_model.bin`` with ``weights_only``); what is ours is the name mapping, nanoGPT-style: Conv1D
-weights transposed, the fused ``c_attn`` split into query/key/value, ``ln_*`` to ``scale``/``shift``, the
-output head tied to the token embedding. OpenAI's TensorFlow checkpoint maps through the same function
-(``hf_spam.openai_tf``). Every tensor is accounted for: a missing, unexpected or misshaped one is an
-error naming it, never a silently random weight.
+``pytorch_model.bin`` with ``weights_only``); what is ours is the name mapping (``hf_spam.gpt2_names``),
+which OpenAI's TensorFlow checkpoint (``hf_spam.openai_tf``) goes through too. Every tensor is accounted
+for: a missing, unexpected or misshaped one is an error naming it, never a silently random weight.
 """
 
 from __future__ import annotations
@@ -20,10 +18,11 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
-from .arguments import ModelArguments, is_trained_classifier
 from .errors import HfSpamError, UnavailableError, one_line
 from .files import is_hub_id
-from .modeling_gpt import GPTModel, GPTSpamConfig, GPTSpamForSequenceClassification, resolve_model_size
+from .gpt2_names import WEIGHTS_HINT, checked_sizes, hf_to_chapter
+from .modeling_gpt import GPTModel, GPTSpamConfig, resolve_model_size
+from .openai_tf import load_openai_gpt2
 
 # The Hub checkpoint of each GPT-2 size, and the names users (and the chapter) give the sizes.
 HUB_IDS = {
@@ -34,8 +33,6 @@ HUB_IDS = {
 }
 # Attention buffers that older transformers saved with GPT-2's weights; they are not parameters.
 OLD_BUFFERS = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)$")
-WEIGHTS_HINT = ("use a local copy instead: a folder with config.json + model.safetensors, or OpenAI's "
-                "hparams.json + model.ckpt.*")
 
 
 def hub_id(name: str) -> str:
@@ -44,19 +41,6 @@ def hub_id(name: str) -> str:
         return HUB_IDS.get(resolve_model_size(name), name)
     except ValueError:
         return name
-
-
-def checked_sizes(vocab: Any, ctx: Any, emb: Any, heads: Any, layers: Any, eps: Any, source: str) -> dict[str, Any]:
-    """``GPTSpamConfig`` size kwargs, after checking each is a positive number and the heads divide the width."""
-    values = {"vocab_size": vocab, "context_length": ctx, "emb_dim": emb, "n_heads": heads, "n_layers": layers}
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise HfSpamError(f"{source}: {name} must be a positive integer, got {value!r}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise HfSpamError(f"{source}: layer_norm_epsilon must be a positive number, got {eps!r}")
-    if emb % heads:
-        raise HfSpamError(f"{source}: the width {emb} is not divisible by the {heads} heads")
-    return {**values, "layer_norm_eps": float(eps), "qkv_bias": True}
 
 
 def _gpt2_sizes(config: dict[str, Any], source: str) -> dict[str, Any]:
@@ -76,36 +60,6 @@ def _gpt2_sizes(config: dict[str, Any], source: str) -> dict[str, Any]:
         raise HfSpamError(f"{where}: add_cross_attention is set; only decoder-only GPT-2 is supported")
     return checked_sizes(config.get("vocab_size"), config.get("n_positions", config.get("n_ctx")), emb,
                          config.get("n_head"), config.get("n_layer"), config.get("layer_norm_epsilon", 1e-5), where)
-
-
-_LINEAR_NAMES = (("att.out_proj", "attn.c_proj"), ("ff.layers.0", "mlp.c_fc"), ("ff.layers.2", "mlp.c_proj"))
-
-
-def hf_to_chapter(tensors: dict[str, torch.Tensor], n_layers: int) -> dict[str, torch.Tensor]:
-    """GPT-2 tensors (HF names without ``transformer.``) in the chapter's names, in ``GPTModel`` order.
-
-    Empties ``tensors`` as it goes, so each source tensor is freed once converted (peak memory near one
-    copy of the model). ``.contiguous()`` so that safetensors can save the results.
-    """
-    def get(name: str) -> torch.Tensor:
-        return tensors.pop(name).to(torch.float32)
-
-    wte = get("wte.weight").contiguous()
-    sd = {"tok_emb.weight": wte, "pos_emb.weight": get("wpe.weight").contiguous()}
-    for i in range(n_layers):
-        h, b = f"h.{i}.", f"trf_blocks.{i}."
-        q, k, v = get(h + "attn.c_attn.weight").chunk(3, dim=1)  # Conv1D: y = x @ W, W is [in, 3 * out]
-        qb, kb, vb = get(h + "attn.c_attn.bias").chunk(3)
-        for proj, w, bias in (("W_query", q, qb), ("W_key", k, kb), ("W_value", v, vb)):
-            sd[f"{b}att.{proj}.weight"], sd[f"{b}att.{proj}.bias"] = w.T.contiguous(), bias.contiguous()
-        for ours, theirs in _LINEAR_NAMES:
-            sd[f"{b}{ours}.weight"] = get(f"{h}{theirs}.weight").T.contiguous()
-            sd[f"{b}{ours}.bias"] = get(f"{h}{theirs}.bias").contiguous()
-        for ours, theirs in (("norm1", "ln_1"), ("norm2", "ln_2")):
-            sd[f"{b}{ours}.scale"], sd[f"{b}{ours}.shift"] = get(f"{h}{theirs}.weight"), get(f"{h}{theirs}.bias")
-    sd["final_norm.scale"], sd["final_norm.shift"] = get("ln_f.weight"), get("ln_f.bias")
-    sd["out_head.weight"] = wte  # GPT-2 ties its output head to the token embedding
-    return sd
 
 
 def load_hf_gpt2(source: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
@@ -172,8 +126,6 @@ def load_gpt2_state_dict(source: str | os.PathLike, *, cache_dir: str | os.PathL
         if (path / "config.json").is_file():
             return load_hf_gpt2(path, cache_dir=cache_dir, revision=revision)
         if (path / "hparams.json").is_file():
-            from .openai_tf import load_openai_gpt2  # here, not at the top: that module builds on this one
-
             return load_openai_gpt2(path)
         raise HfSpamError(f"{path}: not a GPT-2 checkpoint folder: expected config.json + model.safetensors (or "
                           "pytorch_model.bin) from Hugging Face, or OpenAI's hparams.json + model.ckpt.index + "
@@ -197,91 +149,3 @@ def gpt_from_state_dict(sizes: dict[str, Any], state_dict: dict[str, torch.Tenso
 def load_gpt2(source: str | os.PathLike, **kwargs: Any) -> GPTModel:
     """Pretrained GPT-2 as the chapter's ``GPTModel``: ``model(ids)`` gives ``[batch, tokens, vocab]`` logits."""
     return gpt_from_state_dict(*load_gpt2_state_dict(source, **kwargs))
-
-
-def build_model(model_args: ModelArguments, padded_length: int | None = None, seed: int = 123,
-                labels: list[str] | None = None) -> GPTSpamForSequenceClassification:
-    """The classifier the recipe trains: GPT-2's weights (or random ones) and a new ``out_head`` with one
-    output per label (default ham, spam) created right after ``torch.manual_seed(seed)`` (the chapter's 123),
-    or a classifier folder this recipe saved (``--model_name_or_path TRAINED_DIR``), as it was trained.
-
-    ``config.padded_length`` is the fixed length of the training inputs, if any: prediction with ``last``
-    pooling pads to it. (Not ``max_length``: transformers treats that name as a generation setting.)
-    """
-    if is_trained_classifier(model_args.model_name_or_path):  # a folder this recipe wrote: as it was trained
-        return GPTSpamForSequenceClassification.from_pretrained(model_args.model_name_or_path)
-    extra = {"pooling": model_args.pooling, "drop_rate": model_args.drop_rate,
-             "causal": not model_args.disable_causal_mask, "padded_length": padded_length}
-    if labels is not None:
-        extra.update(id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})
-    if model_args.weights == "random":
-        torch.manual_seed(seed)
-        model = GPTSpamForSequenceClassification(GPTSpamConfig.from_preset(model_args.model_size, **extra))
-    else:
-        try:
-            sizes, state_dict = load_gpt2_state_dict(model_args.model_name_or_path or HUB_IDS[model_args.model_size])
-        except UnavailableError as err:
-            raise UnavailableError(f"{err} (--model_name_or_path LOCAL_DIR), or train from random weights "
-                                   "(--weights random)") from None
-        with torch.device("meta"):
-            model = GPTSpamForSequenceClassification(GPTSpamConfig(**sizes, **extra))
-        del state_dict["out_head.weight"]  # tied to tok_emb in GPT-2; the classifier gets its own head
-        missing, unexpected = model.gpt.load_state_dict(state_dict, strict=False, assign=True)
-        if unexpected or [k for k in missing if not k.startswith("out_head.")]:  # guards model changes
-            raise HfSpamError(f"weights do not fit the classifier (missing {missing}, unexpected {unexpected})")
-    torch.manual_seed(seed)
-    model.gpt.out_head = torch.nn.Linear(model.config.emb_dim, model.config.num_labels)
-    return model
-
-
-# GPT-2's width -> heads (the head count is not visible in the weights).
-_HEADS_BY_WIDTH = {768: 12, 1024: 16, 1280: 20, 1600: 25}
-
-
-def load_chapter_classifier(path: str | os.PathLike,
-                            config: GPTSpamConfig | None = None) -> GPTSpamForSequenceClassification:
-    """The chapter's fine-tuned ``review_classifier.pth`` as a ``GPTSpamForSequenceClassification``.
-
-    Read with ``torch.load(weights_only=True)`` and loaded strictly in the chapter's names. The chapter
-    registers each block's causal mask as a persistent buffer (``trf_blocks.i.att.mask``): those are
-    checked to be the causal mask, then dropped (this model applies causality itself). Without ``config``
-    the sizes are inferred from the tensors (the head count from GPT-2's standard widths).
-    """
-    path = Path(path)
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise HfSpamError(f"{path}: no such file (expected the chapter's review_classifier.pth)") from None
-    except Exception as err:  # pickle, zip or EOF errors of a foreign, truncated or malicious file
-        raise HfSpamError(f"{path}: not a state dict readable with torch.load(weights_only=True) "
-                          f"({one_line(err)[:200]})") from None
-    if not isinstance(sd, dict):
-        raise HfSpamError(f"{path}: expected a state dict (name -> tensor), got {type(sd).__name__}")
-    sd = {k.removeprefix("gpt."): v for k, v in sd.items()}  # a whole classifier object's state, or its GPT's
-    for key in [k for k in sd if k.endswith(".att.mask")]:
-        mask = sd.pop(key)
-        n = mask.shape[-1]
-        if mask.dim() != 2 or not torch.equal(mask.bool(), torch.ones(n, n, dtype=torch.bool).triu(1)):
-            raise HfSpamError(f"{path}: buffer {key!r} is not the chapter's causal mask")
-    if config is None:
-        try:
-            (vocab, emb), ctx, labels = sd["tok_emb.weight"].shape, sd["pos_emb.weight"].shape[0], \
-                sd["out_head.weight"].shape[0]
-        except (KeyError, ValueError) as err:
-            raise HfSpamError(f"{path}: not a chapter GPT state dict (no usable {err})") from None
-        if emb not in _HEADS_BY_WIDTH:
-            raise HfSpamError(f"{path}: width {emb} is not a GPT-2 size; pass a GPTSpamConfig with its n_heads")
-        layers = len({k.split(".")[1] for k in sd if k.startswith("trf_blocks.")})
-        config = GPTSpamConfig(vocab_size=vocab, context_length=ctx, emb_dim=emb, n_heads=_HEADS_BY_WIDTH[emb],
-                               n_layers=layers, qkv_bias="trf_blocks.0.att.W_query.bias" in sd, num_labels=labels)
-    model = GPTSpamForSequenceClassification(config)
-    expected = model.gpt.state_dict()
-    for key in [*expected, *sd]:
-        if key not in sd or key not in expected:
-            raise HfSpamError(f"{path}: {'missing' if key not in sd else 'unexpected'} tensor {key!r} "
-                              f"(emb_dim={config.emb_dim}, n_layers={config.n_layers}, num_labels={config.num_labels})")
-        if sd[key].shape != expected[key].shape:
-            raise HfSpamError(f"{path}: tensor {key!r} has shape {list(sd[key].shape)}, expected "
-                              f"{list(expected[key].shape)} (num_labels={config.num_labels})")
-    model.gpt.load_state_dict(sd, strict=True)
-    return model.eval()

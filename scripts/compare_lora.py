@@ -16,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from measure import markdown_table
 from run_experiments import (
     ROOT,
     ROW_FLAGS,
@@ -32,8 +33,7 @@ from run_experiments import (
 )
 
 from hf_spam.errors import HfSpamError, hide_secrets, run_main
-from hf_spam.files import atomic_path, write_json, write_text
-from hf_spam.measure import markdown_table
+from hf_spam.files import write_json, write_text
 
 # The chapter's LoRA row: rank 16 and alpha 16 with the update scaled by alpha alone = peft's lora_alpha 256.
 VARIANTS = {"last_block": ["--trainable_layers", "last_block"],
@@ -41,6 +41,7 @@ VARIANTS = {"last_block": ["--trainable_layers", "last_block"],
 COLUMNS = ["Trainable layers", "Trainable parameters", "Share of all parameters", "Wall time", "Training time",
            "Peak memory (RSS)", "Peak GPU memory", "Training acc", "Validation acc", "Test acc", "Training F1",
            "Validation F1", "Test F1", "CPU/GPU"]
+SPLIT_NAMES = (("training", "train"), ("validation", "validation"), ("test", "test"))  # column names, metric keys
 
 
 def comparison_row(row: Row) -> dict[str, str]:
@@ -53,20 +54,15 @@ def comparison_row(row: Row) -> dict[str, str]:
         "Share of all parameters": pct(trainable / total) if trainable and total else "—",
         "Wall time": f"{row.wall_seconds:.1f} s", "Training time": seconds,
         "Peak memory (RSS)": f"{row.peak_rss_mb:,.0f} MiB", "Peak GPU memory": f"{gpu:,.0f} MiB" if gpu else "—",
-        **{f"{s.capitalize()} acc": pct(m.get(f"{k}_accuracy")) for s, k in
-           (("training", "train"), ("validation", "validation"), ("test", "test"))},
-        **{f"{s.capitalize()} F1": f"{m[f'{k}_f1']:.4f}" if f"{k}_f1" in m else "—" for s, k in
-           (("training", "train"), ("validation", "validation"), ("test", "test"))},
+        **{f"{s.capitalize()} acc": pct(m.get(f"{k}_accuracy")) for s, k in SPLIT_NAMES},
+        **{f"{s.capitalize()} F1": f"{m[f'{k}_f1']:.4f}" if f"{k}_f1" in m else "—" for s, k in SPLIT_NAMES},
         "CPU/GPU": m.get("device_name", "—"),
     }
 
 
 def plot_comparison(rows: list[Row], path: Path) -> None:
     """Bars: trainable parameters (log scale), training time, peak memory, test accuracy and F1."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # heavy, and only needed here at the very end
+    from hf_spam.plots import plt, save_figure  # matplotlib (files only): heavy, and only needed here at the end
 
     names, gpu = [r.name for r in rows], all(r.metrics.get("peak_gpu_memory_mb") for r in rows)
     panels = [("Trainable parameters", [r.metrics["trainable_parameters"] for r in rows], True),
@@ -88,9 +84,7 @@ def plot_comparison(rows: list[Row], path: Path) -> None:
     axes[3].set_title("Test accuracy / F1 (%)", fontsize=10)
     axes[3].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path.with_suffix(""), ("png",))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,32 +11,17 @@ when everything matches (1 names the differing tensors; 2 is bad input). Needs t
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 
 import torch
+from measure import markdown_table
 
 from hf_spam.errors import HfSpamError, run_main
-from hf_spam.measure import markdown_table
-from hf_spam.openai_tf import SIZES, download_openai_gpt2, load_openai_gpt2, openai_name
+from hf_spam.gpt2_names import chapter_to_hf, openai_name
+from hf_spam.openai_tf import SIZES, download_openai_gpt2, load_openai_gpt2
 from hf_spam.sanity import GENERATION_PROMPT
 from hf_spam.tokenization import get_encoding
 from hf_spam.weights import gpt_from_state_dict, hub_id, load_hf_gpt2
-
-HF_MODULES = {"att.W_query": "attn.c_attn", "att.W_key": "attn.c_attn", "att.W_value": "attn.c_attn",
-              "att.out_proj": "attn.c_proj", "ff.layers.0": "mlp.c_fc", "ff.layers.2": "mlp.c_proj",
-              "norm1": "ln_1", "norm2": "ln_2"}
-LEAVES = {"scale": "weight", "shift": "bias"}
-TOP_LEVEL = {"tok_emb.weight": "wte.weight", "out_head.weight": "wte.weight", "pos_emb.weight": "wpe.weight",
-             "final_norm.scale": "ln_f.weight", "final_norm.shift": "ln_f.bias"}
-
-
-def source_name(chapter_key: str) -> str:
-    """The HF tensor a chapter parameter comes from (``W_query``/``W_key``/``W_value`` all from ``c_attn``)."""
-    if chapter_key in TOP_LEVEL:
-        return TOP_LEVEL[chapter_key]
-    block, module, leaf = re.fullmatch(r"trf_blocks\.(\d+)\.(.+)\.(\w+)", chapter_key).groups()
-    return f"h.{block}.{HF_MODULES[module]}.{LEAVES.get(leaf, leaf)}"
 
 
 def main() -> None:
@@ -56,13 +41,13 @@ def main() -> None:
     prompt_ids = get_encoding(args.bpe_dir).encode_ordinary(GENERATION_PROMPT)
     (hf_sizes, hf), (tf_sizes, tf) = load_hf_gpt2(hf_source), load_openai_gpt2(tf_source)
 
-    rows, differing = [], []
+    rows, differing, hf_names = [], [], chapter_to_hf(hf_sizes["n_layers"])
     for name in hf:
         a, b = hf[name], tf[name]  # both readers return every tensor of GPTModel, by construction
         diff = (a.double() - b.double()).abs().max().item() if a.shape == b.shape else float("inf")
         ok = diff <= args.atol
         differing += [] if ok else [name]
-        rows.append([name, source_name(name), openai_name(source_name(name)), "x".join(map(str, a.shape)),
+        rows.append([name, hf_names[name], openai_name(hf_names[name]), "x".join(map(str, a.shape)),
                      f"{diff:.3g}", "yes" if ok else "NO"])
     sizes_differ = [f"{k}: {v} (HF) vs {tf_sizes[k]} (OpenAI)" for k, v in hf_sizes.items() if v != tf_sizes[k]]
     logits = None

@@ -25,10 +25,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from measure import last_error_line, markdown_table, run_measured
+
 from hf_spam.arguments import parse_args
 from hf_spam.errors import EXIT_UNAVAILABLE, HfSpamError, hide_secrets, run_main
 from hf_spam.files import write_json, write_text
-from hf_spam.measure import last_error_line, markdown_table, run_measured
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK_FLAGS = ["--model_size", "tiny", "--weights", "random", "--num_train_epochs", "1"]

@@ -20,38 +20,24 @@ from typing import Any
 import torch
 from transformers import DataCollatorWithPadding, EarlyStoppingCallback, set_seed
 
-from hf_spam.arguments import is_trained_classifier, parse_args
+from hf_spam.arguments import parse_args
 from hf_spam.data import write_splits_csv
 from hf_spam.errors import HfSpamError, run_main
+from hf_spam.evaluation import evaluate_splits, format_accuracy_table, write_predictions
 from hf_spam.feature_cache import prepare_cached_training
 from hf_spam.files import cache_dir, write_json
 from hf_spam.hub import push_folder_to_hub, save_model_folder
+from hf_spam.launch import configure_cpu_threads, configure_processes, describe_device, fsdp_enabled
 from hf_spam.lora import apply_lora, save_adapter_and_merge
 from hf_spam.metrics import positive_index
-from hf_spam.modeling_gpt import count_parameters
+from hf_spam.model_card import run_summary
 from hf_spam.plots import plot_confusion_matrix, plot_history
+from hf_spam.run_folder import HistoryLogCallback, logger, prepare_output_dir, resume_target, setup_logging
 from hf_spam.sources import load_data
+from hf_spam.starting_model import build_model, is_trained_classifier
 from hf_spam.tokenization import build_hf_tokenizer, tokenize_splits
-from hf_spam.training import (
-    EpochAccuracyCallback,
-    HistoryLogCallback,
-    SpamTrainer,
-    classification_metrics,
-    configure_cpu_threads,
-    configure_processes,
-    describe_device,
-    evaluate_splits,
-    format_accuracy_table,
-    fsdp_enabled,
-    logger,
-    prepare_output_dir,
-    resume_target,
-    run_summary,
-    set_trainable_layers,
-    setup_logging,
-    write_predictions,
-)
-from hf_spam.weights import HUB_IDS, build_model
+from hf_spam.trainer import EpochAccuracyCallback, SpamTrainer, classification_metrics, set_trainable_layers
+from hf_spam.weights import HUB_IDS
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -75,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # 2. Data: the SMS Spam Collection, balanced and split 70/10/20 like the chapter (1,045 / 149 / 300 rows), or
     #    yours (--dataset_name or --train_file ...: your columns, two or more labels, missing splits cut stratified).
-    raw, data_info = load_data(data_args)
+    raw, data_info = load_data(**data_args.source_settings)
     labels = data_info["labels"]
     positive = positive_index(labels, data_args.positive_label)  # two labels: whose precision/recall/F1
     if data_args.write_csv and args.process_index == 0:
@@ -83,7 +69,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # 3. Model: GPT-2's weights in the chapter's GPTModel and a new head, one output per label, created after
     #    seeding with --seed (the chapter's 123), or a classifier folder trained before (--model_name_or_path DIR).
-    model = build_model(model_args, seed=args.seed, labels=labels)
+    model = build_model(model_size=model_args.model_size, weights=model_args.weights, pooling=model_args.pooling,
+                        checkpoint=model_args.model_name_or_path, drop_rate=model_args.drop_rate, labels=labels,
+                        causal=not model_args.disable_causal_mask, seed=args.seed)
     trained = is_trained_classifier(model_args.model_name_or_path)
     if trained and [model.config.id2label[i] for i in range(model.config.num_labels)] != labels:
         raise HfSpamError(f"--model_name_or_path {model_args.model_name_or_path}: its labels "
@@ -107,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     set_trainable_layers(model, model_args.trainable_layers)
     train_model = apply_lora(model, model_args.lora_rank, model_args.lora_alpha, model_args.lora_dropout) if lora \
         else model
-    trainable, total = count_parameters(train_model)
+    trainable, total = train_model.num_parameters(only_trainable=True), train_model.num_parameters()
     scale = model_args.lora_alpha / model_args.lora_rank
     logger.info("Trainable parameters: %s of %s (%.2f%%)%s", f"{trainable:,}", f"{total:,}", 100 * trainable / total,
                 f"; LoRA r={model_args.lora_rank}, update scale alpha/r={scale:g}" if lora else "")
@@ -140,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # 9. Accuracy, precision, recall, F1 (macro, per class and, for two labels, the positive class's), confusion
     #    matrix and loss on every example of each split (--do_eval), and the test split's predictions (--do_predict).
     splits = [s for s in ("train", "validation", "test") if args.do_eval or (args.do_predict and s == "test")]
-    metrics, logits = evaluate_splits(trainer, {split: data[split] for split in splits}, labels)
+    metrics, logits = evaluate_splits(trainer, {split: data[split] for split in splits}, labels, positive)
     metrics.update(label_names=labels, **({"positive_label": labels[positive]} if len(labels) == 2 else {}),
                    train_runtime_seconds=time.time() - started, trainable_parameters=trainable,
                    total_parameters=total, device=str(args.device), device_name=describe_device(args.device),
@@ -168,7 +156,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             write_json(out_dir / "log_history.json", trainer.state.log_history)
             final = save_adapter_and_merge(train_model, out_dir / "adapter") if lora else model
             pretrained = model_args.weights == "pretrained"
-            save_model_folder(final, out_dir, metrics=metrics, settings=run_summary(model_args, data_args, args),
+            settings = run_summary({**vars(args), **vars(model_args), **vars(data_args)}, data_info)  # allow-listed
+            save_model_folder(final, out_dir, metrics=metrics, settings=settings,
                               tokenizer=tokenizer, state_dict=state_dict, info={
                                   "base_model": (model_args.model_name_or_path or HUB_IDS[model_args.model_size])
                                   if pretrained else None,

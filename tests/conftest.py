@@ -62,6 +62,11 @@ def tiny_run(tmp_path_factory, sms_file) -> Path:
     return out
 
 
+def peft_alpha_for_chapter(rank: int, chapter_alpha: float) -> float:
+    """peft's ``lora_alpha`` with the update scale of the chapter's ``alpha`` (appendix E does not divide it by r)."""
+    return float(chapter_alpha) * rank
+
+
 def scaled_tiny_model(seed: int = 0, **config):
     """A random tiny classifier whose head is scaled up, so spam probabilities differ between texts."""
     import torch

@@ -26,7 +26,8 @@ from hf_spam.arguments import DataArguments, parse_args
 from hf_spam.cli import main as cli_main
 from hf_spam.data import load_sms_spam
 from hf_spam.errors import HfSpamError, UnavailableError
-from hf_spam.feature_cache import FeatureFile, prepare_cached_training, write_features
+from hf_spam.feature_cache import prepare_cached_training
+from hf_spam.feature_files import FeatureFile, write_features
 from hf_spam.sources import load_data
 
 SPLITS = ("train", "validation", "test")
@@ -65,7 +66,7 @@ def file_flags(folder: Path, ext: str) -> list[str]:
 
 def loaded(argv: list[str]):
     _, data_args, _ = parse_args([*argv, "--output_dir", "unused"])
-    return load_data(data_args)
+    return load_data(**data_args.source_settings)
 
 
 # --------------------------------------------------------------------------------------------
@@ -479,7 +480,7 @@ def test_user_data_flags_are_refused_for_the_sms_data_and_vice_versa():
 
 
 def test_card_of_a_hub_dataset_names_it_and_the_split_the_scores_came_from():
-    from hf_spam.hub import model_card
+    from hf_spam.model_card import model_card
     from hf_spam.modeling_gpt import GPTSpamConfig
 
     config = GPTSpamConfig.from_preset("tiny", id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})

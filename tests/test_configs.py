@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
-from conftest import ROOT
+from conftest import ROOT, peft_alpha_for_chapter
 from run_experiments import discover, row_settings
 
 from hf_spam.arguments import parse_args
 from hf_spam.errors import HfSpamError
-from hf_spam.lora import peft_alpha_for_chapter
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 EXPERIMENTS = sorted((ROOT / "configs" / "experiments").glob("*.yaml"))

@@ -21,7 +21,7 @@ from conftest import scaled_tiny_model
 from hf_spam.cli import main as cli_main
 from hf_spam.data import load_sms_spam
 from hf_spam.errors import HfSpamError
-from hf_spam.export import OnnxClassifier, export_onnx
+from hf_spam.export import export_onnx, onnx_classifier
 from hf_spam.hub import save_model_folder
 from hf_spam.predict import SpamClassifier
 
@@ -36,7 +36,8 @@ def texts(sms_file) -> list[str]:
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory, bpe_dir) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("deploy")
-    variants = {"last_40": {"pooling": "last", "padded_length": 40}, "last_non_pad": {"pooling": "last_non_pad"}}
+    variants = {"last_40": {"pooling": "last", "padded_length": 40}, "last_non_pad": {"pooling": "last_non_pad"},
+                "last_dynamic": {"pooling": "last"}}  # no trained length: reads the last real token
     return {name: save_model_folder(scaled_tiny_model(seed=i, **cfg), root / name, bpe_dir=bpe_dir)
             for i, (name, cfg) in enumerate(variants.items())}
 
@@ -47,10 +48,10 @@ def onnx_files(folders, texts, tmp_path_factory) -> dict[str, Path]:
     return {name: Path(export_onnx(folder, out / f"{name}.onnx", texts)["file"]) for name, folder in folders.items()}
 
 
-@pytest.mark.parametrize("name", ["last_40", "last_non_pad"])
+@pytest.mark.parametrize("name", ["last_40", "last_non_pad", "last_dynamic"])
 def test_onnx_export_matches_pytorch(folders, onnx_files, texts, name):
     ours = SpamClassifier.from_pretrained(folders[name], device="cpu").predict_labels(texts)
-    onnx = OnnxClassifier(onnx_files[name], folders[name]).predict_labels(texts)
+    onnx = onnx_classifier(onnx_files[name], folders[name]).predict_labels(texts)
     assert [r["label"] for r in onnx] == [r["label"] for r in ours]
     for a, b in zip(onnx, ours):
         assert a["probabilities"]["spam"] == pytest.approx(b["probabilities"]["spam"], abs=1e-4)
@@ -71,7 +72,7 @@ def test_export_command_prints_the_check_and_int8_accuracy(folders, sms_file, tm
 def test_a_damaged_onnx_file_is_one_clear_error(folders, tmp_path):
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
     with pytest.raises(HfSpamError, match=r"bad\.onnx: not a readable ONNX model"):
-        OnnxClassifier(tmp_path / "bad.onnx", folders["last_40"])
+        onnx_classifier(tmp_path / "bad.onnx", folders["last_40"])
 
 
 def test_endpoint_handler_without_hf_spam(folders, texts, tmp_path):
@@ -179,7 +180,7 @@ def test_server_predicts_like_the_classifier_and_keeps_order_under_concurrency(s
             [r["probabilities"]["spam"] for r in expected[i : i + 1 + i % 4]], abs=1e-5)
     assert len(answers) == 24
     status, info = server.get("/info")
-    assert status == 200 and info["labels"] == ["ham", "spam"] and info["padded_length"] == 40
+    assert status == 200 and info["labels"] == ["ham", "spam"] and info["training_length"] == 40
 
 
 def test_server_errors_have_the_right_status_and_it_keeps_serving(server):

@@ -17,11 +17,11 @@ from conftest import ROOT, run_train
 from safetensors.torch import load_file
 from test_speed import raw, train_once  # noqa: F401 - `raw` is a fixture used below
 
-from hf_spam.arguments import ModelArguments, parse_args
+from hf_spam.arguments import parse_args
 from hf_spam.cli import main as cli_main
 from hf_spam.errors import HfSpamError
 from hf_spam.predict import SpamClassifier
-from hf_spam.weights import build_model
+from hf_spam.starting_model import build_model
 
 FEW = ["--max_steps", "30", "--eval_steps", "15", "--disable_tqdm", "true"]
 HUB_LOADING = textwrap.dedent(
@@ -127,11 +127,11 @@ def test_early_stopping_keeps_the_best_full_model(tmp_path, sms_file, cache):
 
 
 @pytest.mark.parametrize("trainable, cache", [("all", False), ("last_block", True)])
-def test_gradient_checkpointing_gives_the_same_losses(raw, tmp_path, trainable, cache):  # noqa: F811
+def test_activation_checkpointing_gives_the_same_losses(raw, tmp_path, trainable, cache):  # noqa: F811
     plain, _, _, _ = train_once(raw, tmp_path / "a", trainable=trainable, pooling="last_non_pad", padding="dynamic",
                                 cache=cache, max_steps=8)
     checked, _, model, _ = train_once(raw, tmp_path / "b", trainable=trainable, pooling="last_non_pad",
-                                      padding="dynamic", cache=cache, max_steps=8, gradient_checkpointing=True)
+                                      padding="dynamic", cache=cache, max_steps=8, activation_checkpointing=True)
     assert model.gpt.gradient_checkpointing is True  # it really ran with checkpointing
     assert checked == pytest.approx(plain, abs=1e-5)
 
@@ -172,7 +172,7 @@ def test_lora_adapter_loads_with_plain_peft(tmp_path, sms_file):
 
 def test_seed_seeds_the_new_head_and_split_seed_the_data(sms_file):
     for seed in (123, 7):
-        model = build_model(ModelArguments(model_size="tiny", weights="random"), seed=seed)
+        model = build_model(model_size="tiny", weights="random", seed=seed)
         torch.manual_seed(seed)
         torch.testing.assert_close(model.gpt.out_head.weight, torch.nn.Linear(128, 2).weight)
     from hf_spam.data import load_sms_spam

@@ -170,7 +170,8 @@ def test_a_damaged_feature_cache_heals_and_an_unwritable_one_is_skipped(sms_file
     (["--learning_rate", "-1"], "--learning_rate: expected a number >= 0"),
     (["--seed", "-3"], "--seed: expected a number >= 0"),
     (["--num_train_epochs", "0"], "nothing would be trained"),
-    (["--bf16", "true", "--fp16", "true"], "--bf16 and --fp16: choose one"),
+    # transformers' own check (its bf16 check comes first and, without --use_cpu, needs a GPU with bf16).
+    (["--use_cpu", "true", "--bf16", "true", "--fp16", "true"], "At most one of fp16 and bf16 can be True"),
     (["--fp16", "true"], "--fp16: needs a CUDA GPU"),
     (["--model_name_or_path", "openai-community/gpt2"], "not used with --weights random"),
     (["--report_to", "wandb"], "--report_to wandb: the wandb package is not installed"),
@@ -179,17 +180,30 @@ def test_a_damaged_feature_cache_heals_and_an_unwritable_one_is_skipped(sms_file
 def test_values_that_make_no_sense_are_refused_before_any_work(flags, message):
     if "--fp16" in flags and len(flags) == 2 and torch.cuda.is_available():
         pytest.skip("a CUDA GPU is visible: --fp16 is fine")
-    with pytest.raises(HfSpamError, match=message):
+    with pytest.raises(HfSpamError, match=message) as info:
         parse_args(["--config=configs/tiny.yaml", "--output_dir=/tmp/never-written", *flags])
+    assert "\n" not in str(info.value)
+
+
+def test_memory_is_pinned_only_for_an_accelerator_unless_asked():
+    _, _, args = parse_args(["--config=configs/tiny.yaml", "--output_dir=/tmp/never-written"])
+    assert args.dataloader_pin_memory is torch.accelerator.is_available()
+    for value, pinned in (("true", True), ("false", False)):
+        _, _, args = parse_args(["--config=configs/tiny.yaml", "--output_dir=/tmp/never-written",
+                                 "--dataloader_pin_memory", value])
+        assert args.dataloader_pin_memory is pinned
 
 
 def test_config_values_are_checked_naming_the_file(tmp_path):
     (tmp_path / "bool.yaml").write_text(f"include: {ROOT / 'configs' / 'tiny.yaml'}\nsave_strategy: no\n")
     (tmp_path / "type.yaml").write_text(f"include: {ROOT / 'configs' / 'tiny.yaml'}\nlearning_rate: fast\n")
+    (tmp_path / "choice.yaml").write_text(f"include: {ROOT / 'configs' / 'tiny.yaml'}\npooling: max\n")
     with pytest.raises(HfSpamError, match=r"bool\.yaml: save_strategy: YAML reads 'false' as a boolean"):
         parse_args(["--config", str(tmp_path / "bool.yaml"), "--output_dir", "x"])
     with pytest.raises(HfSpamError, match=r"type\.yaml: learning_rate: 'fast' is not a valid value"):
         parse_args(["--config", str(tmp_path / "type.yaml"), "--output_dir", "x"])
+    with pytest.raises(HfSpamError, match=r"choice\.yaml: pooling: unknown value 'max'; expected one of last, first"):
+        parse_args(["--config", str(tmp_path / "choice.yaml"), "--output_dir", "x"])  # argparse checks flags only
     with pytest.raises(HfSpamError, match="not a readable YAML file"):
         parse_args(["--config", str(tmp_path), "--output_dir", "x"])  # a folder
 

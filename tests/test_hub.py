@@ -22,8 +22,8 @@ from hf_spam import GPTSpamConfig, GPTSpamForSequenceClassification
 from hf_spam.arguments import DataArguments, ModelArguments, SpamTrainingArguments
 from hf_spam.errors import HfSpamError, UnavailableError
 from hf_spam.hub import check_model_folder, push_folder_to_hub, save_model_folder
+from hf_spam.model_card import run_summary
 from hf_spam.tokenization import END_OF_TEXT, build_hf_tokenizer, encode_texts, get_encoding
-from hf_spam.training import run_summary
 
 FAKE_TOKEN = "hf_FakeTokenForTests0123456789abcdefXYZ"
 METRICS = {
@@ -64,8 +64,9 @@ def saved(tmp_path_factory: pytest.TempPathFactory, sms_file: Path, bpe_dir: Pat
     # A run whose arguments hold a token and local paths: only the allow-listed summary is kept.
     args = SpamTrainingArguments(output_dir=str(folder), hub_token=FAKE_TOKEN, hub_model_id="someone/x",
                                  learning_rate=5e-5, num_train_epochs=5, report_to="none")
-    settings = run_summary(ModelArguments(model_size="tiny", weights="random", bpe_dir=str(bpe_dir)),
-                           DataArguments(data_file=str(sms_file), data_cache_dir=str(root)), args)
+    model_args = ModelArguments(model_size="tiny", weights="random", bpe_dir=str(bpe_dir))
+    data_args = DataArguments(data_file=str(sms_file), data_cache_dir=str(root))
+    settings = run_summary({**vars(args), **vars(model_args), **vars(data_args)}, {"source": "sms"})
     info = {"base_model": None, "weights": "pretrained", "model_size": "tiny",
             "data": {"source": "sms", "recipe": "balanced (747 ham + 747 spam), 70/10/20",
                      "splits": {"train": 1045, "validation": 149, "test": 300}}}

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import peft_alpha_for_chapter
+from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainingArguments
 
 import hf_spam  # noqa: F401 - registers the Auto classes
 from hf_spam.arguments import parse_args
 from hf_spam.data import load_sms_spam
-from hf_spam.errors import HfSpamError
-from hf_spam.lora import apply_lora, load_adapter, lora_parameter_count, peft_alpha_for_chapter, save_adapter_and_merge
-from hf_spam.modeling_gpt import GPTSpamConfig, GPTSpamForSequenceClassification, count_parameters
+from hf_spam.errors import HfSpamError, one_line
+from hf_spam.lora import apply_lora, save_adapter_and_merge
+from hf_spam.modeling_gpt import GPTSpamConfig, GPTSpamForSequenceClassification
 from hf_spam.tokenization import build_hf_tokenizer, encode_texts, tokenize_splits
 
 COLLATE = DataCollatorWithPadding(build_hf_tokenizer())
@@ -24,6 +28,28 @@ TARGET_SUFFIXES = ("att.W_query", "att.W_key", "att.W_value", "att.out_proj", "f
 def tiny_model(seed: int = 123) -> GPTSpamForSequenceClassification:
     torch.manual_seed(seed)
     return GPTSpamForSequenceClassification(GPTSpamConfig.from_preset("tiny"))
+
+
+def lora_parameter_count(config, rank: int) -> int:
+    """Parameters LoRA adds at ``rank``: r * (in + out) for each of the six Linear layers of every block."""
+    d = config.emb_dim
+    return config.n_layers * rank * (4 * 2 * d + 2 * 5 * d)
+
+
+def load_adapter(base_model, adapter_dir, *, is_trainable: bool = False) -> PeftModel:
+    """A saved adapter on its base model (a classifier or a saved folder of it): the model the adapter was
+    trained on, not the merged folder, which already holds the update."""
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise HfSpamError(f"{adapter_dir}: no adapter_config.json; expected a folder written by training with LoRA")
+    if not isinstance(base_model, GPTSpamForSequenceClassification):
+        base_model = GPTSpamForSequenceClassification.from_pretrained(base_model)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        try:
+            return PeftModel.from_pretrained(base_model, adapter_dir, is_trainable=is_trainable)
+        except RuntimeError as err:  # shape mismatch: an adapter of another model size
+            raise HfSpamError(f"{adapter_dir}: adapter does not fit the base model ({one_line(err)})") from None
 
 
 def lora_targets(peft_model) -> set[str]:
@@ -38,7 +64,7 @@ def test_gpt2_small_rank16_adds_2_7m_parameters_on_every_block_linear():
     added = sum(p.numel() for n, p in peft_model.named_parameters() if ".lora_" in n)
     # 12 blocks x 16 x [4 x (768 + 768) + (768 + 3072) + (3072 + 768)]
     assert added == lora_parameter_count(model.config, 16) == 2_654_208
-    trainable, _ = count_parameters(peft_model)
+    trainable = peft_model.num_parameters(only_trainable=True)
     assert trainable == added + 768 * 2 + 2  # plus the full 2-way head
     assert lora_targets(peft_model) == {f"trf_blocks.{i}.{s}" for i in range(12) for s in TARGET_SUFFIXES}
     # the frozen base is untouched in size (peft keeps one copy of the head beside the trained one)

@@ -6,18 +6,17 @@ import pytest
 import torch
 from chapter_baseline import chapter_classifier
 
-from hf_spam.arguments import ModelArguments
+from hf_spam.chapter_checkpoint import load_chapter_classifier
 from hf_spam.errors import HfSpamError
 from hf_spam.modeling_gpt import (
     MODEL_PRESETS,
     GPTSpamConfig,
     GPTSpamForSequenceClassification,
-    count_parameters,
     resolve_model_size,
 )
+from hf_spam.starting_model import build_model
 from hf_spam.tokenization import PAD_TOKEN_ID, encode_texts, get_encoding, pad_and_truncate
-from hf_spam.training import set_trainable_layers
-from hf_spam.weights import build_model, load_chapter_classifier
+from hf_spam.trainer import set_trainable_layers
 
 
 def tiny(**kw) -> GPTSpamForSequenceClassification:
@@ -80,12 +79,20 @@ def test_pooling_is_independent_of_padding_length(pooling):
 
 
 def test_last_pooling_reads_the_padding_position_like_the_chapter():
-    model = tiny(pooling="last")
+    model = tiny(pooling="last", padded_length=4)  # the chapter: every text padded to the longest training text
     ids = torch.tensor([[15496, 995, PAD_TOKEN_ID, PAD_TOKEN_ID]])
     mask = torch.tensor([[1, 1, 0, 0]])
     expected = model.gpt(ids)[:, -1, :]  # the chapter: model(input_batch)[:, -1, :]
     torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, expected)
+    torch.testing.assert_close(model(input_ids=ids[:, :2]).logits, expected)  # padded by the model, as trained
+    # No trained length: training batches are read at their last position, padding or not, like the chapter ...
+    model.config.padded_length = None
+    model.train()
+    torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, expected)
     assert not torch.allclose(model(input_ids=ids[:, :2]).logits, expected)
+    # ... and the model in use reads the last real token, whatever its batch's padding.
+    model.eval()
+    torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, model(input_ids=ids[:, :2]).logits)
 
 
 def test_last_non_pad_uses_the_mask_not_the_token_id():
@@ -114,7 +121,7 @@ def test_trainable_parameter_counts(choice):
         "last_two_blocks": 2 * _block(d) + final_norm + head,
         "all": total,
     }[choice]
-    assert count_parameters(model) == (expected, total)
+    assert (model.num_parameters(only_trainable=True), model.num_parameters()) == (expected, total)
 
 
 def test_chapter_state_dict_loads_strictly_and_predicts_identically(tmp_path):
@@ -173,7 +180,7 @@ def test_no_causal_mask_lets_early_tokens_see_later_ones():
 
 
 def test_new_head_is_created_after_seed_123_like_the_chapter():
-    a = build_model(ModelArguments(model_size="tiny", weights="random"))
+    a = build_model(model_size="tiny", weights="random")
     torch.manual_seed(123)
     expected = torch.nn.Linear(128, 2)
     torch.testing.assert_close(a.gpt.out_head.weight, expected.weight)

@@ -16,11 +16,11 @@ import torch
 from gpt2_checkpoints import write_hf_gpt2
 from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
 
-from hf_spam.arguments import ModelArguments
 from hf_spam.cli import main as cli_main
 from hf_spam.sanity import GENERATION_PROMPT, SPAM_PROMPT, generate_greedy, generate_text
+from hf_spam.starting_model import build_model
 from hf_spam.tokenization import PAD_TOKEN_ID, get_encoding
-from hf_spam.weights import build_model, load_gpt2
+from hf_spam.weights import load_gpt2
 
 ATOL = 1e-4
 SHAPES = {
@@ -109,7 +109,7 @@ def test_generation_crops_to_context_size(ckpt):
 
 def test_classifier_pooled_state_and_logits_match_gpt2_for_sequence_classification(ckpt, enc):
     folder, _, _ = ckpt
-    ours = build_model(ModelArguments(model_name_or_path=str(folder), pooling="last_non_pad")).eval()
+    ours = build_model(checkpoint=str(folder), pooling="last_non_pad").eval()
     theirs = GPT2ForSequenceClassification.from_pretrained(folder, num_labels=2, pad_token_id=PAD_TOKEN_ID).eval()
     ids, mask = padded_batch(enc)
     rows = torch.arange(ids.shape[0])

@@ -105,11 +105,12 @@ def test_batched_predictions_equal_one_at_a_time_in_input_order(
 
 def test_last_pooling_pads_to_the_trained_length(folders: dict[str, Path]) -> None:
     clf = SpamClassifier.from_pretrained(folders["last_padded"], device="cpu")
-    assert clf.fixed_length == 40 and clf.max_tokens == 40 and not clf.read_last_real_token
+    assert clf.config.fixed_length == 40 and clf.config.max_input_tokens == 40 and clf.model.active_pooling == "last"
     ids = clf.encode(TEXTS)
-    assert max(len(x) for x in ids) == 40 and ids[2] == [PAD_TOKEN_ID]
+    assert max(len(x) for x in ids) == 40 and ids[2] == []  # the model reads an empty text as one <|endoftext|>
     dynamic = SpamClassifier.from_pretrained(folders["last_dynamic"], device="cpu")
-    assert dynamic.fixed_length is None and dynamic.read_last_real_token and dynamic.max_tokens == 1024
+    assert dynamic.config.fixed_length is None and dynamic.config.max_input_tokens == 1024
+    assert dynamic.model.active_pooling == "last_non_pad"
     # Without a stored padded length, `last` reads the last real token: padding cannot change it.
     text = "Call now to claim your prize"
     alone = dynamic.predict([text])[0]["spam_probability"]
@@ -123,6 +124,8 @@ def test_empty_text_is_one_end_of_text_token(folders: dict[str, Path]) -> None:
     (record,) = clf.predict([""])
     assert record["text"] == "" and record["label"] in ("ham", "spam")
     assert record["spam_probability"] == pytest.approx(reference_probability(model, [PAD_TOKEN_ID]), abs=1e-6)
+    beside_a_long_text = clf.predict(["", "a much longer message " * 10], batch_size=2)[0]  # padded in its batch
+    assert beside_a_long_text["spam_probability"] == pytest.approx(record["spam_probability"], abs=1e-6)
     assert clf.predict([], batch_size=8) == []
     assert "text" not in clf.predict(["hi"], return_text=False)[0]
 

@@ -14,13 +14,12 @@ from safetensors.torch import load_file
 from train import main as train_main
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
-from hf_spam.arguments import ModelArguments
 from hf_spam.data import load_sms_spam
 from hf_spam.feature_cache import FrozenTrunkSuffix, caching_blocker, dataset_content_hash, prepare_cached_training
 from hf_spam.modeling_gpt import GPTSpamConfig, GPTSpamForSequenceClassification
+from hf_spam.starting_model import build_model
 from hf_spam.tokenization import build_hf_tokenizer, tokenize_splits
-from hf_spam.training import classification_metrics, set_trainable_layers
-from hf_spam.weights import build_model
+from hf_spam.trainer import classification_metrics, set_trainable_layers
 
 SIZES = {"train": 96, "validation": 24, "test": 24}
 COLLATE = DataCollatorWithPadding(build_hf_tokenizer())
@@ -39,8 +38,8 @@ def tokenized_splits(raw, padding: str):
 
 
 def tiny_model(trainable: str, pooling: str, length: int | None, **config) -> GPTSpamForSequenceClassification:
-    args = ModelArguments(model_size="tiny", weights="random", trainable_layers=trainable, pooling=pooling, **config)
-    model = build_model(args, length)
+    model = build_model(model_size="tiny", weights="random", pooling=pooling, **config)
+    model.config.padded_length = length
     set_trainable_layers(model, trainable)
     return model
 

@@ -35,6 +35,16 @@ def test_tiny_config_trains_and_writes_everything(tiny_run: Path):
     assert len([h for h in history if "epoch_train_accuracy" in h]) == 5
 
 
+def test_a_run_warns_of_nothing_it_could_avoid(tmp_path, sms_file):
+    """--activation_checkpointing (transformers 5's name: no FutureWarning) and, with no accelerator, memory that
+    is not pinned (no pin_memory warning) unless --dataloader_pin_memory asks for it."""
+    result = run_train(["--config", "configs/tiny.yaml", "--data_file", str(sms_file), "--output_dir", str(tmp_path),
+                        "--max_steps", "4", "--eval_steps", "2", "--activation_checkpointing", "true",
+                        "--disable_tqdm", "true"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "FutureWarning" not in result.stderr and "pin_memory" not in result.stderr, result.stderr[-3000:]
+
+
 def test_saved_folder_classifies_the_chapter_examples(tiny_run: Path):
     from hf_spam.predict import SpamClassifier
 

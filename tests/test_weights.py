@@ -23,11 +23,12 @@ import torch
 from gpt2_checkpoints import hf_state_dict, write_hf_gpt2, write_openai_tf_gpt2
 from safetensors.torch import load_file, save_file
 
-from hf_spam.arguments import ModelArguments
+from hf_spam.chapter_checkpoint import load_chapter_classifier
 from hf_spam.errors import HfSpamError, UnavailableError
 from hf_spam.modeling_gpt import GPTModel, GPTSpamConfig, GPTSpamForSequenceClassification
 from hf_spam.openai_tf import download_openai_gpt2, load_openai_gpt2
-from hf_spam.weights import build_model, load_chapter_classifier, load_gpt2, load_gpt2_state_dict, load_hf_gpt2
+from hf_spam.starting_model import build_model
+from hf_spam.weights import load_gpt2, load_gpt2_state_dict, load_hf_gpt2
 
 E, L, H, CTX = 64, 2, 4, 64
 
@@ -267,7 +268,7 @@ def test_hub_id_offline_without_cache(tmp_path, source):
     assert "use a local copy instead: a folder with config.json" in text and "\n" not in text
     # through the recipe's model builder, the hint names the training flags
     with pytest.raises(UnavailableError, match=r"--model_name_or_path LOCAL_DIR.*--weights random"):
-        build_model(ModelArguments(model_name_or_path=source))
+        build_model(checkpoint=source)
 
 
 def fake_hub_cache(cache: Path, repo_id: str, files: dict[str, Path]) -> Path:

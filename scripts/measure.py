@@ -1,5 +1,5 @@
-"""Measuring whole commands and printing results: shared by ``scripts/run_experiments.py``,
-``scripts/compare_lora.py`` and the ``benchmarks/`` scripts.
+"""Measuring whole commands and printing results: tooling shared by the scripts beside this file and the
+``benchmarks/`` scripts (``from measure import ...`` with ``scripts/`` on ``sys.path``), not part of the package.
 
 Each measured command runs in its own process, so its peak memory is its own (a process's peak resident
 size never goes down) and nothing (seeds, caches, accelerate's state) leaks from one run into the next.

@@ -1,0 +1,152 @@
+"""Scores and their reports: the recipe's scores of every split (through ``Trainer``) and ``hf-spam evaluate``'s
+scores of a trained model on a split it never trained on (or a labelled file); one set of scores for both."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from huggingface_hub import hf_hub_download
+
+from .data import LABEL_NAMES, read_sms_file
+from .errors import HfSpamError
+from .files import write_json, write_text
+from .metrics import compute_metrics, confusion_matrix, per_class, positive_index
+from .plots import plot_confusion_matrix
+from .sources import load_data
+
+# How the recipe cut its splits: ``hf-spam evaluate`` takes them from the model's training_args.json, so that the split
+# it scores is the one the model never trained on.
+SPLIT_SETTINGS = ("split_seed", "validation_split_percentage", "test_split_percentage", "natural_balance", "balance")
+Data = tuple[list[str], list[int], list[str], str]  # texts, label ids, label names, which rows they are
+
+
+def scores(predicted: Any, truth: Any, labels: list[str], positive: int = 1) -> dict[str, Any]:
+    """Accuracy, macro and (two labels) ``positive``'s precision/recall/F1, how many were scored, per-class scores
+    and the confusion matrix (rows: true label, columns: predicted label)."""
+    cm = confusion_matrix(predicted, truth, len(labels))
+    return {**compute_metrics(predicted, truth, len(labels), positive), "examples": len(truth),
+            "per_class": dict(zip(labels, per_class(cm))), "confusion_matrix": cm.tolist()}
+
+
+def evaluate_splits(trainer: Any, splits: dict[str, Any], label_names: list[str],
+                    positive: int = 1) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``scores`` and the loss of every example of each split, keyed ``SPLIT_...`` (each example exactly once,
+    also with several processes: ``Trainer.predict`` gathers with ``gather_for_metrics``); and the logits per
+    split, in the split's order."""
+    out, logits = {}, {}
+    for name, ds in splits.items():
+        result = trainer.predict(ds, metric_key_prefix=name)
+        logits[name] = result.predictions[0] if isinstance(result.predictions, tuple) else result.predictions
+        out.update({f"{name}_{key}": value for key, value in
+                    scores(logits[name].argmax(axis=-1), result.label_ids, label_names, positive).items()})
+        out[f"{name}_loss"] = float(result.metrics[f"{name}_loss"])
+    return out, logits
+
+
+def write_predictions(path: Path, texts: list[str], labels: list[int], logits: np.ndarray,
+                      id2label: dict[int, str]) -> Path:
+    """``predictions.jsonl``: per example its text, true and predicted label, and each label's probability."""
+    probabilities = torch.softmax(torch.as_tensor(logits, dtype=torch.float32), dim=-1).tolist()
+    names = [id2label[i] for i in range(len(id2label))]
+    lines = [json.dumps({"text": text, "label": names[label], "predicted": names[max(range(len(p)), key=p.__getitem__)],
+                         "probabilities": dict(zip(names, p))}, ensure_ascii=False)
+             for text, label, p in zip(texts, labels, probabilities)]
+    return write_text(path, "".join(line + "\n" for line in lines))
+
+
+def format_accuracy_table(metrics: dict[str, Any], label_names: list[str], positive: int = 1) -> str:
+    """The chapter's final printout of accuracies, as a small table: with the positive class's F1 for two
+    labels, the macro F1 for more."""
+    two = len(label_names) == 2
+    f1, header = ("f1", f"F1 ({label_names[positive]})") if two else ("macro_f1", "macro F1")
+    lines = [f"| split | accuracy | {header} | examples |", "|---|---|---|---|"]
+    for s in (s for s in ("train", "validation", "test") if f"{s}_accuracy" in metrics):
+        lines.append(f"| {s} | {metrics[f'{s}_accuracy'] * 100:.2f}% | {metrics[f'{s}_{f1}']:.4f} | "
+                     f"{int(metrics[f'{s}_examples'])} |")
+    return "\n".join(lines)
+
+
+def as_trained(model: str, given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` data settings with the split settings of ``model``'s training run (its ``training_args.json``, in
+    a local folder or Hub repo), so that the data is cut as it was; a given setting that differs is an error."""
+    try:
+        path = Path(model) / "training_args.json" if Path(model).is_dir() else \
+            Path(hf_hub_download(model, "training_args.json"))
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except Exception:  # no such file, offline, not JSON: nothing recorded
+        recorded = {}
+    recorded = recorded if isinstance(recorded, dict) else {}
+    user = bool(given.get("dataset_name") or given.get("train_file"))
+    for key in SPLIT_SETTINGS:
+        if key not in recorded or key == "natural_balance" and user or key == "balance" and not user:
+            continue
+        if key in given and given[key] != recorded[key]:
+            raise HfSpamError(f"--{key} {given[key]}: the model was trained with {key} {recorded[key]}; another cut "
+                              "would score rows it trained on (leave the flag out, or use --labelled_file)")
+        given[key] = recorded[key]
+    return given
+
+
+def labelled_file_data(path: str, given: dict[str, Any]) -> Data:
+    """Every row of a labelled SMS-format file (``ham|spam<TAB>text``); ``given`` data settings do not apply."""
+    extra = [key for key in given if key != "positive_label"]
+    if extra:
+        raise HfSpamError(f"--labelled_file: scores every row of that file; --{extra[0]} does not apply")
+    frame = read_sms_file(path)
+    return (frame["Text"].tolist(), [LABEL_NAMES.index(x) for x in frame["Label"]], LABEL_NAMES,
+            f"all {len(frame)} messages of {Path(path).name}")
+
+
+def split_data(settings: dict[str, Any], split: str) -> Data:
+    """One split (never train) of the data ``hf_spam.sources.load_data(**settings)`` cuts."""
+    splits, info = load_data(**settings)
+    part = splits[split]
+    name = (Path(settings["data_file"]).name if settings.get("data_file") else "the SMS Spam Collection") \
+        if info["source"] == "sms" else info.get("dataset_id") or "your files"
+    return (list(part["text"]), list(part["label"]), info["labels"],
+            f"the {split} split ({len(part)} rows) of {name}, cut as in training (split_seed {settings['split_seed']})")
+
+
+def format_report(record: dict[str, Any], positive: int = 1) -> str:
+    """``hf-spam evaluate``'s printout of ``evaluate_classifier``'s record: metrics, per class, confusion matrix."""
+    labels, cm = record["confusion_matrix"]["labels"], record["confusion_matrix"]["rows_true_columns_predicted"]
+    width, two, scored = max(8, *(len(name) + 2 for name in labels)), len(labels) == 2, ("precision", "recall", "f1")
+    lines = [f"Model {record['model']} on {record['data']}", *([f"Positive class: {labels[positive]}"] * two)]
+    keys = ("accuracy", *(("" if two else "macro_") + k for k in scored))  # two labels: the positive class's
+    lines += [f"  {key:<16} {record[key] * 100:6.2f}%" for key in keys]
+    lines.append("Per class" + " " * (width - 9) + "".join(f"{k:>11}" for k in (*scored, "examples")))
+    lines += [f"{label:<{width}}" + "".join(f"{row[k] * 100:10.2f}%" for k in scored) + f"{row['support']:>11}"
+              for label, row in record["per_class"].items()]
+    lines += ["Confusion matrix (rows: true label, columns: predicted label)",
+              " " * width + "".join(f"{label:>{width}}" for label in labels)]
+    lines += [f"{label:<{width}}" + "".join(f"{int(v):>{width}}" for v in row) for label, row in zip(labels, cm)]
+    return "\n".join(lines)
+
+
+def evaluate_classifier(classifier: Any, data: Data, model: str, *, positive_label: str | None = None,
+                        batch_size: int = 64, output_dir: str | None = None) -> dict[str, Any]:
+    """``hf-spam evaluate``: score ``classifier`` (a ``SpamClassifier`` of ``model``) on ``data``, print the
+    report and, with ``output_dir``, write ``eval_metrics.json`` and ``confusion-matrix.png`` there; returns what
+    ``eval_metrics.json`` holds."""
+    texts, truth, labels, source = data
+    if classifier.names != labels:
+        raise HfSpamError(f"--model {model}: its labels {', '.join(classifier.names)} differ from the data's "
+                          f"{', '.join(labels)} (name integer labels with --label_names)")
+    positive = positive_index(labels, positive_label)
+    predicted = [labels.index(r["label"]) for r in classifier.predict_labels(texts, batch_size=batch_size)]
+    result = scores(predicted, truth, labels, positive)
+    cm, classes = result.pop("confusion_matrix"), result.pop("per_class")
+    model_name = Path(model).name if Path(model).is_dir() else model
+    record = {**result, "model": model_name, "data": source, "per_class": classes,
+              "confusion_matrix": {"labels": labels, "rows_true_columns_predicted": cm}}
+    print(format_report(record, positive))
+    if output_dir:
+        out = Path(output_dir)
+        write_json(out / "eval_metrics.json", record)
+        plot_confusion_matrix(cm, labels, out / "confusion-matrix.png", f"{model_name}: {source}")
+        print(f"Wrote {out / 'eval_metrics.json'} and {out / 'confusion-matrix.png'}")
+    return record
