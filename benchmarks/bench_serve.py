@@ -40,7 +40,7 @@ from _common import (
 # case: (backend, clients)
 CASES = {"torch_1": ("torch", 1), "torch_8": ("torch", 8), "torch_32": ("torch", 32),
          "onnx_float32_32": ("onnx", 32), "onnx_int8_32": ("onnx-int8", 32)}
-BAD = [b"{not json", json.dumps({"texts": ["x"] * 1000}).encode()]
+BAD = [b"{not json", json.dumps({"inputs": ["x"] * 1000}).encode()]
 
 
 def build_model(folder: Path, model_size: str, texts: list[str]) -> dict[str, Path]:
@@ -126,8 +126,8 @@ async def drive(port: int, clients: int, duration: float, texts: list[str]) -> d
             text = texts[(index * 7919 + sent) % len(texts)]
             started = time.perf_counter()
             try:
-                r = await http.post(url, json={"texts": [text]})
-                ok = r.status_code == 200 and len(r.json()["results"]) == 1
+                r = await http.post(url, json={"inputs": text})  # the pipeline's answer: [{"label", "score"}]
+                ok = r.status_code == 200 and len(r.json()) == 1 and "score" in r.json()[0]
             except httpx.HTTPError:
                 ok = False
             if ok:

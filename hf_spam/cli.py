@@ -2,8 +2,10 @@
 
     hf-spam predict --model FOLDER_OR_ID "text" ...        # or --file messages.txt, or stdin
     hf-spam evaluate --model FOLDER [data flags of training | --labelled_file F] [--output_dir DIR]
-    hf-spam export --model FOLDER --output FILE.onnx [--quantize int8]
+    hf-spam export --model FOLDER --output FILE.onnx [--quantize int8]     # or --format transformers --output DIR
     hf-spam serve --model FOLDER [--host 127.0.0.1 --port 8000 --backend torch|onnx]
+    hf-spam demo --model FOLDER_OR_ID [--host 127.0.0.1 --port 7860]
+    hf-spam space --model HUB_ID --output DIR [--native | --remote_code]
     hf-spam push FOLDER --repo_id NAME [--private]
     hf-spam cache list|clear [--data_cache_dir DIR | --feature_cache_dir DIR]
     hf-spam sanity [--model_name_or_path gpt2]
@@ -122,6 +124,8 @@ def export(args: argparse.Namespace) -> None:
     from .data import LABEL_NAMES, load_sms_spam
     from .export import export_onnx, onnx_classifier, quantize_int8
 
+    if args.format == "transformers" and args.quantize:
+        raise HfSpamError("export: --quantize applies to --format onnx only")
     try:
         test = load_sms_spam(args.data_file, cache=args.cache_dir)["test"]
         texts, truth, source = list(test["text"]), list(test["label"]), "test texts"
@@ -129,6 +133,14 @@ def export(args: argparse.Namespace) -> None:
         if args.quantize:  # int8 is compared on the labelled test split
             raise
         texts, truth, source = list(SAMPLE_TEXTS), [], "sample texts (the SMS data could not be had)"
+    if args.format == "transformers":
+        from .native import export_native
+
+        report = export_native(args.model, args.output, texts[: args.check_texts])
+        print(f"Exported {report['folder']} (GPT2ForSequenceClassification, no remote code); transformers vs hf-spam "
+              f"on {report['texts']} {source}: max |logit difference| {report['max_abs_diff']:.2g} (<= 1e-4)"
+              f"{'; empty texts left out (GPT-2 has no token to read there)' if report['empty'] else ''}")
+        return
     report = export_onnx(args.model, args.output, texts[: args.check_texts])
     print(f"Exported {report['file']} ({report['bytes'] / 2**20:.1f} MiB); onnxruntime vs PyTorch on "
           f"{report['texts']} {source}: max |logit difference| {report['max_abs_diff']:.2g} (<= 1e-4)")
@@ -168,6 +180,24 @@ def serve(args: argparse.Namespace) -> None:
             or args.max_wait_ms < 0:
         raise HfSpamError("serve: the batch, queue and request limits must be positive (and --max_wait_ms >= 0)")
     serve(classifier, limits, args.host, args.port, args.backend)
+
+
+def demo(args: argparse.Namespace) -> None:
+    from .demo import build_demo, gradio_version
+
+    gradio_version()  # before the model loads
+    build_demo(_classifier(args), args.model, args.batch_size).launch(server_name=args.host, server_port=args.port)
+
+
+def space(args: argparse.Namespace) -> None:
+    from .demo import write_space
+
+    folder, remote, note = write_space(args.model, args.output, remote_code=args.remote_code, space_title=args.title)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"Wrote a Gradio Space to {folder}: README.md, app.py, requirements.txt (the model runs "
+          f"{'with' if remote else 'without'} trust_remote_code). Upload it: hf upload SPACE_ID {folder} "
+          "--repo-type space")
 
 
 def push(args: argparse.Namespace) -> None:
@@ -264,22 +294,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_dir", help="write eval_metrics.json and confusion-matrix.png here")
     p.set_defaults(func=evaluate)
 
-    p = sub.add_parser("export", help="export a model folder to ONNX, checked with onnxruntime",
+    p = sub.add_parser("export", help="export a model folder to ONNX, or to a plain transformers GPT-2 folder",
                        description="Export a trained folder to one ONNX graph (trunk, pooling, head; dynamic batch and "
                        "sequence axes, inputs shaped as in training) and check onnxruntime's logits against "
-                       "PyTorch's on test texts. Needs the onnx extra.")
+                       "PyTorch's on test texts (needs the onnx extra); or, with --format transformers, to a folder "
+                       "holding a GPT2ForSequenceClassification that loads without trust_remote_code (models trained "
+                       "with --pooling last_non_pad --padding dynamic), checked the same way.")
+    p.set_defaults(func=export)
     p.add_argument("--model", required=True, help="model folder written by training")
-    p.add_argument("--output", required=True, help="the ONNX file to write (FILE.onnx)")
+    p.add_argument("--format", choices=["onnx", "transformers"], default="onnx",
+                   help="onnx (default): one ONNX file; transformers: a GPT-2 model folder")
+    p.add_argument("--output", required=True, help="the ONNX file (FILE.onnx), or the folder for --format transformers")
     p.add_argument("--quantize", choices=["int8"], help="also write FILE-int8.onnx (dynamic int8 quantisation) "
                    "and print both accuracies on the test split")
     p.add_argument("--data_file", help="SMSSpamCollection file for the check texts (default: download)")
     p.add_argument("--cache_dir", help="download cache for the collection")
     p.add_argument("--check_texts", type=int, default=64, help="test texts the parity check runs on (default 64)")
-    p.set_defaults(func=export)
 
     p = sub.add_parser("serve", help="an HTTP service that batches concurrent requests (the serve extra)",
-                       description="POST /predict {\"texts\": [...]}, GET /health, GET /info. Requests from many "
-                       "clients are gathered into batches; limits answer 413/422/503 instead of growing memory.")
+                       description='POST / or /predict {"inputs": "..." | [...], "parameters": {"top_k": K, '
+                       '"function_to_apply": ...}} answers like pipeline("text-classification"); GET /health, /info, '
+                       "/metrics (Prometheus), /docs. Requests from many clients are gathered into batches; limits "
+                       "answer 413/422/503 instead of growing memory.")
     model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -292,6 +328,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_texts_per_request", type=int, default=256, help="else 413 (default 256)")
     p.add_argument("--max_chars_per_request", type=int, default=20_000, help="else 413 (default 20,000)")
     p.set_defaults(func=serve)
+
+    p = sub.add_parser("demo", help="a Gradio app on a model: a message box and a file tab (the demo extra)",
+                       description="A web page: a message's label and probabilities (the card's examples to try), "
+                       "and a file tab: .txt (a message a line) or .csv (a text column) in, a CSV of them out.")
+    model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.set_defaults(func=demo)
+
+    p = sub.add_parser("space", help="write a Hugging Face Space (Gradio) for a model on the Hub",
+                       description="Write README.md (sdk: gradio), app.py and requirements.txt into --output: the "
+                       "demo's app on transformers' pipeline, needing no hf_spam. MODEL_ID in the Space's "
+                       "environment overrides the model.")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--native", dest="remote_code", action="store_false", default=None,
+                      help="a native transformers model (model_type gpt2): no trust_remote_code")
+    kind.add_argument("--remote_code", dest="remote_code", action="store_true",
+                      help="an hf-spam model folder: trust_remote_code=True (the default when the model's "
+                      "config.json cannot be read; else it decides, and a contrary flag is an error)")
+    p.add_argument("--model", required=True, help="the model's Hub id (push a folder first: hf-spam push)")
+    p.add_argument("--output", required=True, help="the Space's folder (its three files are overwritten)")
+    p.add_argument("--title", help="the Space's title (default: from the model's name)")
+    p.set_defaults(func=space)
 
     p = sub.add_parser("cache", help="list or remove the frozen-trunk feature cache files",
                        description="The frozen-trunk features training caches on disk (one safetensors file per split "

@@ -24,7 +24,7 @@ from torch import nn
 from .errors import HfSpamError, UnavailableError, one_line
 from .files import atomic_path
 from .modeling_gpt import GPTSpamConfig, GPTSpamForSequenceClassification
-from .predict import SpamClassifier
+from .predict import Logits, SpamClassifier
 from .tokenization import PAD_TOKEN_ID, get_encoding
 
 ONNX_HINT = 'needs the onnx extra: pip install "hf-spam[onnx]"'
@@ -95,7 +95,7 @@ def export_onnx(folder: str | os.PathLike, output: str | os.PathLike,
         except ImportError:
             raise UnavailableError(f"ONNX export {ONNX_HINT}") from None
         program.save(str(tmp))
-        diff = max_logit_difference(clf, OnnxSession(tmp), check_texts)
+        diff = max_logit_difference(clf, OnnxSession(tmp).torch_logits, check_texts)
         if not diff <= PARITY_ATOL:
             raise HfSpamError(f"{output}: onnxruntime's logits differ from PyTorch's by {diff:.2g} (more than "
                               f"{PARITY_ATOL:g}); the export is not kept")
@@ -124,10 +124,9 @@ class OnnxSession:
         return torch.from_numpy(self.logits(input_ids.numpy(), attention_mask.numpy()))
 
 
-def max_logit_difference(clf: SpamClassifier, session: OnnxSession, texts: Sequence[str],
-                         batch_size: int = 16) -> float:
-    """The largest difference between PyTorch's and onnxruntime's logits over ``texts``, in batches padded to
-    their longest text (the graph must shape them itself)."""
+def max_logit_difference(clf: SpamClassifier, other: Logits, texts: Sequence[str], batch_size: int = 16) -> float:
+    """The largest difference between ``clf``'s logits and ``other``'s (an export: onnxruntime, transformers' GPT-2)
+    over ``texts``, in batches padded to their longest text (the export must shape them itself)."""
     ids = clf.encode(texts)
     worst = 0.0
     for start in range(0, len(ids), batch_size):
@@ -136,7 +135,7 @@ def max_logit_difference(clf: SpamClassifier, session: OnnxSession, texts: Seque
         input_ids = torch.tensor([r + [PAD_TOKEN_ID] * (width - len(r)) for r in rows], dtype=torch.long)
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long)
         expected = clf.logits(input_ids, mask).numpy()
-        worst = max(worst, float(np.abs(session.logits(input_ids.numpy(), mask.numpy()) - expected).max()))
+        worst = max(worst, float(np.abs(other(input_ids, mask).numpy() - expected).max()))
     return worst
 
 

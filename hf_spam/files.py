@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +39,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary folder beside ``path``, put in its place (replacing an earlier folder there) when the block
+    succeeds and deleted otherwise: a half-written folder is never at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    old = tmp.with_suffix(".old")
+    try:
+        yield tmp
+        tmp.chmod(0o755)  # mkdtemp creates 0700
+        if path.exists():
+            path.rename(old)
+        os.replace(tmp, path)
+    finally:
+        if old.exists() and not path.exists():  # the new folder could not be put in place: the old one back
+            old.rename(path)
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -20,6 +20,7 @@ from huggingface_hub.utils import filter_repo_objects, get_token
 from .errors import HfSpamError, UnavailableError, one_line
 from .files import is_hub_id, write_json
 from .model_card import model_card
+from .modeling_gpt import GPTSpamConfig
 from .tokenization import build_hf_tokenizer, save_hf_tokenizer
 
 HANDLER = Path(__file__).with_name("endpoint_handler.py")
@@ -72,7 +73,9 @@ def _is_weights(name: str) -> bool:
 
 
 def check_model_folder(folder: str | os.PathLike) -> Path:
-    """``folder`` if it holds a complete, self-contained model folder, else an error saying what is missing."""
+    """``folder`` if it holds a complete, self-contained model folder, else an error saying what is missing (an
+    hf-spam model needs its remote code; a plain transformers one, as ``hf-spam export --format transformers`` writes,
+    none)."""
     path, expected = Path(folder), "expected a model folder written by training"
     if not path.is_dir():
         raise HfSpamError(f"{path}: not a folder; {expected}")
@@ -82,10 +85,13 @@ def check_model_folder(folder: str | os.PathLike) -> Path:
     if not any(_is_weights(p.name) for p in path.iterdir()):
         raise HfSpamError(f"{path}: model.safetensors is missing; {expected}")
     try:
-        auto_map = json.loads((path / "config.json").read_text(encoding="utf-8")).get("auto_map")
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        auto_map = config.get("auto_map")
     except (OSError, ValueError, AttributeError) as err:
         raise HfSpamError(f"{path / 'config.json'}: not a readable JSON object ({type(err).__name__}); "
                           f"{expected}") from None
+    if config.get("model_type") != GPTSpamConfig.model_type and not auto_map:  # transformers' own class (export)
+        return path
     if not isinstance(auto_map, dict) or "AutoModelForSequenceClassification" not in auto_map:
         raise HfSpamError(f"{path / 'config.json'}: no auto_map, so the Hub copy could not be loaded with "
                           f"trust_remote_code; {expected}")

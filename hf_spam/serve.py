@@ -1,8 +1,12 @@
 """An HTTP service for a trained classifier (FastAPI + uvicorn, the ``serve`` extra).
 
-    POST /predict   {"texts": ["...", ...]} or {"inputs": "..." | [...]} -> one result per text, in order
-    GET  /health    {"status": "ok"}
-    GET  /info      labels, parameters, pooling, training length, backend, limits
+    POST / or /predict  {"inputs": "..." | ["...", ...], "parameters": {"top_k": K | null, "function_to_apply": ...}}
+                        -> what pipeline("text-classification") returns: [{"label", "score"}, ...] (Hugging Face's
+                        text-classification contract, so huggingface_hub's InferenceClient works against it)
+    GET  /health        {"status": "ok"}
+    GET  /info          labels, parameters, pooling, training length, backend, limits
+    GET  /metrics       Prometheus text format: requests and texts by status, batch sizes, latency, queue depth
+    GET  /docs          the OpenAPI page (/openapi.json)
 
 Requests from many clients are gathered into batches: a batcher takes what is waiting (up to
 ``max_batch_size`` texts, waiting at most ``max_wait_ms`` for more) and runs one forward pass in a worker
@@ -16,21 +20,38 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import UnavailableError
+import torch
+
+from .errors import HfSpamError, UnavailableError
 from .memory import release_freed_memory
-from .predict import SpamClassifier
+from .predict import SCORES, SpamClassifier, check_parameters
 
 try:  # the serve extra: pip install "hf-spam[serve]"
     import uvicorn
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+    from pydantic import BaseModel
 except ImportError:  # pragma: no cover - exercised by the one-line error in serve()
-    FastAPI = None
+    FastAPI = BaseModel = None
+
+USAGE = '{"inputs": "a text" | ["a text", ...], "parameters": {"top_k": K | null, "function_to_apply": "softmax"}}'
+REQUEST_SCHEMA = {  # what POST / and /predict read (the body is read raw: a body that is not UTF-8 is a 400)
+    "type": "object", "required": ["inputs"], "properties": {
+        "inputs": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+                   "description": "a text, or a list of texts"},
+        "parameters": {"type": "object", "additionalProperties": False, "properties": {
+            "top_k": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}], "description": "given: each "
+                      "text's labels by score, the first top_k (null: all), a list per text; absent: the best label"},
+            "function_to_apply": {"enum": list(SCORES), "description": "default: softmax"}}}},
+    "examples": [{"inputs": "WIN a prize now"}, {"inputs": ["WIN a prize now", "see you at 7"],
+                                                 "parameters": {"top_k": None}}]}
 
 
 @dataclass
@@ -50,38 +71,76 @@ class _Job:
     done: asyncio.Future
 
 
-def _error(status: int, message: str, **headers: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+class _Refused(Exception):
+    """A request answered with an error status and ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str, texts: int = 0, **headers: str):
+        super().__init__(message)
+        self.status, self.texts, self.headers = status, texts, headers
 
 
-def _texts(body: bytes, limits: Limits) -> list[str] | JSONResponse:
-    """The texts of a request body, or the error response it deserves."""
+def _request(body: bytes, limits: Limits) -> tuple[str | list[str], dict[str, Any]]:
+    """The inputs and checked parameters of a request body, or ``_Refused`` with the status it deserves."""
     try:
         payload = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError:
-        return _error(400, "the request body is not UTF-8")
+        raise _Refused(400, "the request body is not UTF-8") from None
     except ValueError:
-        return _error(422, 'malformed JSON; expected {"texts": ["...", ...]}')
-    texts = payload.get("texts", payload.get("inputs")) if isinstance(payload, dict) else None
-    texts = [texts] if isinstance(texts, str) and "texts" not in payload else texts
-    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-        return _error(422, 'expected {"texts": ["...", ...]} (or {"inputs": "..." | ["...", ...]}): a list of strings')
+        raise _Refused(422, f"malformed JSON; expected {USAGE}") from None
+    inputs = payload.get("inputs") if isinstance(payload, dict) else None
+    if not (isinstance(inputs, str) or isinstance(inputs, list) and all(isinstance(t, str) for t in inputs)):
+        raise _Refused(422, f"expected {USAGE}: inputs a text or a list of texts")
+    try:
+        parameters = check_parameters(payload.get("parameters"))
+    except HfSpamError as err:
+        raise _Refused(422, str(err)) from None
+    texts = [inputs] if isinstance(inputs, str) else inputs
     if len(texts) > limits.max_texts:
-        return _error(413, f"{len(texts)} texts in one request; at most {limits.max_texts}")
+        raise _Refused(413, f"{len(texts)} texts in one request; at most {limits.max_texts}", len(texts))
     if sum(len(t) for t in texts) > limits.max_chars:
-        return _error(413, f"more than {limits.max_chars} characters in one request")
-    return texts
+        raise _Refused(413, f"more than {limits.max_chars} characters in one request", len(texts))
+    return inputs, parameters
+
+
+if BaseModel is not None:
+    class LabelScore(BaseModel):
+        """One label of a text and its score (``function_to_apply`` of the logits)."""
+
+        label: str
+        score: float
+
+    class Error(BaseModel):
+        error: str
+
+
+def _metrics(limits: Limits, waiting: dict[str, int]) -> tuple[CollectorRegistry, dict[str, Any]]:
+    """The app's own Prometheus registry (several apps in one process do not clash) and its metrics."""
+    registry = CollectorRegistry()
+    metrics = {
+        "requests": Counter("hf_spam_requests", "Classification requests by HTTP status", ["status"],
+                            registry=registry),
+        "texts": Counter("hf_spam_texts", "Texts in classification requests by HTTP status", ["status"],
+                         registry=registry),
+        "batch": Histogram("hf_spam_batch_texts", "Texts per batch the model ran", registry=registry,
+                           buckets=sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, limits.max_batch_size})),
+        "latency": Histogram("hf_spam_request_seconds", "Classification request latency", registry=registry)}
+    Gauge("hf_spam_queue_texts", "Texts accepted and not yet answered", registry=registry).set_function(
+        lambda: waiting["texts"])
+    return registry, metrics
 
 
 def create_app(classifier: SpamClassifier, limits: Limits, backend: str = "torch") -> FastAPI:
     """The ASGI app: routes, the request queue and its batcher (started and stopped with the app)."""
     queue: asyncio.Queue[_Job] = asyncio.Queue()
     waiting = {"texts": 0}  # texts accepted and not yet answered: what bounds memory
-    info = {"labels": classifier.names, "backend": backend,
-            "pooling": classifier.config.pooling, "training_length": classifier.config.training_length,
-            "model_bytes": classifier.model_bytes, "max_batch_size": limits.max_batch_size,
+    registry, metrics = _metrics(limits, waiting)
+    info = {"labels": classifier.names, "backend": backend, "model_type": classifier.config.model_type,
+            **classifier.inputs, "model_bytes": classifier.model_bytes, "max_batch_size": limits.max_batch_size,
             "max_wait_ms": limits.max_wait_ms, "max_queue": limits.max_queue,
             "max_texts_per_request": limits.max_texts, "max_chars_per_request": limits.max_chars}
+
+    def run(texts: list[str]) -> torch.Tensor:
+        return classifier.logits_of(classifier.encode(texts), limits.max_batch_size)
 
     async def batcher() -> None:
         loop = asyncio.get_running_loop()
@@ -95,15 +154,16 @@ def create_app(classifier: SpamClassifier, limits: Limits, backend: str = "torch
                     break
                 size += len(jobs[-1].texts)
             texts = [t for job in jobs for t in job.texts]
+            metrics["batch"].observe(len(texts))
             try:  # one forward pass for the whole batch, off the event loop
-                results = await loop.run_in_executor(None, classifier.predict_labels, texts)
+                logits = await loop.run_in_executor(None, run, texts)
             except Exception as err:  # a failure of the model answers these requests 500, not the server's end
                 for job in jobs:
                     job.done.set_exception(err)
                 continue
             for job in jobs:
-                job.done.set_result(results[: len(job.texts)])
-                results = results[len(job.texts):]
+                job.done.set_result(logits[: len(job.texts)])
+                logits = logits[len(job.texts):]
             release_freed_memory()  # batches of every shape come and go: keep the heap from growing
 
     @asynccontextmanager
@@ -122,26 +182,55 @@ def create_app(classifier: SpamClassifier, limits: Limits, backend: str = "torch
     async def get_info() -> dict[str, Any]:
         return info
 
-    @app.post("/predict")
-    async def predict(request: Request) -> Any:
-        texts = _texts(await request.body(), limits)
-        if isinstance(texts, JSONResponse):
-            return texts
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+    async def get_metrics() -> Response:
+        """Prometheus' text format."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def answer(body: bytes) -> tuple[Any, int]:
+        """What a request gets (pipeline-shaped results) and its number of texts, or ``_Refused``."""
+        inputs, parameters = _request(body, limits)
+        texts = [inputs] if isinstance(inputs, str) else inputs
         if not texts:
-            return {"results": []}
+            return [], 0
         if waiting["texts"] + len(texts) > limits.max_queue:
-            return _error(503, f"the queue is full ({limits.max_queue} texts waiting); retry shortly", **{
-                "Retry-After": "1"})
+            raise _Refused(503, f"the queue is full ({limits.max_queue} texts waiting); retry shortly", len(texts),
+                           **{"Retry-After": "1"})
         job = _Job(texts, asyncio.get_running_loop().create_future())
         waiting["texts"] += len(texts)
         try:
             await queue.put(job)
-            results = await job.done
+            logits = await job.done
         except Exception:
-            return _error(500, "the model failed on this batch")
+            raise _Refused(500, "the model failed on this batch", len(texts)) from None
         finally:
             waiting["texts"] -= len(texts)
-        return {"results": results}
+        return classifier.pipeline_results(logits, isinstance(inputs, str), parameters), len(texts)
+
+    errors = {code: {"model": Error, "description": what} for code, what in [
+        (400, "the body is not UTF-8"), (413, "too many texts or characters in one request"),
+        (422, "malformed JSON, inputs not a text or a list of texts, or bad parameters"),
+        (503, "the queue is full (with Retry-After)")]}
+
+    documented = {"response_model": list[LabelScore] | list[list[LabelScore]], "responses": errors, "openapi_extra": {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": REQUEST_SCHEMA}}}}}
+
+    @app.post("/", summary="Classify texts (Hugging Face's text-classification contract)", **documented)
+    @app.post("/predict", summary="Classify texts (the same as POST /)", **documented)
+    async def classify(request: Request) -> Response:
+        """What ``pipeline("text-classification")(inputs, **parameters)`` returns: without ``top_k`` the best
+        ``{"label", "score"}`` per text; with it a list of labels by score per text (one list for one text)."""
+        started, status, texts = time.perf_counter(), 200, 0
+        try:
+            results, texts = await answer(await request.body())
+            response = JSONResponse(results)
+        except _Refused as refused:
+            status, texts = refused.status, refused.texts
+            response = JSONResponse({"error": str(refused)}, status_code=status, headers=refused.headers or None)
+        metrics["requests"].labels(str(status)).inc()
+        metrics["texts"].labels(str(status)).inc(texts)
+        metrics["latency"].observe(time.perf_counter() - started)
+        return response
 
     return app
 
@@ -151,5 +240,6 @@ def serve(classifier: SpamClassifier, limits: Limits, host: str, port: int, back
     if FastAPI is None:
         raise UnavailableError('hf-spam serve needs the serve extra: pip install "hf-spam[serve]"')
     app = create_app(classifier, limits, backend)
-    print(f"Serving the {backend} model on http://{host}:{port} (POST /predict, GET /health, GET /info)", flush=True)
+    print(f"Serving the {backend} model on http://{host}:{port} (POST / or /predict, GET /health, /info, /metrics, "
+          "/docs)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)

@@ -1,4 +1,5 @@
-"""SpamClassifier (order, batch independence, pooling/padding, empty texts, streaming) and the hf-spam CLI."""
+"""SpamClassifier (order, batch independence, pooling/padding, empty texts, streaming, the pipeline's answers, native
+GPT-2 folders) and the hf-spam CLI."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from conftest import scaled_tiny_model
+from transformers import GPT2Config, GPT2ForSequenceClassification, pipeline
 
 from hf_spam import GPTSpamForSequenceClassification
 from hf_spam.cli import main as cli_main
@@ -20,7 +23,7 @@ from hf_spam.errors import HfSpamError, UnavailableError
 from hf_spam.hub import save_model_folder
 from hf_spam.metrics import compute_metrics, confusion_matrix
 from hf_spam.predict import SpamClassifier
-from hf_spam.tokenization import PAD_TOKEN_ID, get_encoding, pad_and_truncate
+from hf_spam.tokenization import PAD_TOKEN_ID, build_hf_tokenizer, get_encoding, pad_and_truncate, save_hf_tokenizer
 
 TEXTS = [
     "Free entry in 2 a wkly comp to win FA Cup final tkts 21st May 2005. Text FA to 87121 to receive entry",
@@ -36,6 +39,34 @@ TEXTS = [
 
 
 tiny_model = scaled_tiny_model
+PIPELINE_PARAMETERS = [{}, {"top_k": None}, {"top_k": 1}, {"top_k": 2, "function_to_apply": "sigmoid"},
+                       {"function_to_apply": "NONE"}]
+
+
+def native_gpt2_folder(folder: Path, seed: int = 0, **config: Any) -> Path:
+    """A random native GPT-2 classifier folder (``GPT2ForSequenceClassification`` and GPT-2's tokenizer files), the
+    kind ``hf-spam export --format transformers`` writes; its head scaled up so that scores differ between texts."""
+    torch.manual_seed(seed)
+    model = GPT2ForSequenceClassification(GPT2Config(
+        n_layer=2, n_embd=64, n_head=4, pad_token_id=PAD_TOKEN_ID, num_labels=2, id2label={0: "ham", 1: "spam"},
+        label2id={"ham": 0, "spam": 1}, **config)).eval()
+    with torch.no_grad():
+        model.score.weight.mul_(30.0)
+    model.save_pretrained(folder)
+    save_hf_tokenizer(build_hf_tokenizer(), folder)
+    return folder
+
+
+def assert_same(got: Any, want: Any, tol: float = 1e-5) -> None:
+    """``got`` has the shape of the pipeline's answer ``want`` (lists, ``{"label", "score"}``), its labels in the same
+    order and its scores within ``tol``."""
+    if isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), (got, want)
+        for g, w in zip(got, want):
+            assert_same(g, w, tol)
+    else:
+        assert isinstance(got, dict) and got.keys() == {"label", "score"} and got["label"] == want["label"], (got, want)
+        assert got["score"] == pytest.approx(want["score"], abs=tol)
 
 
 @pytest.fixture()
@@ -59,7 +90,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory, bpe_dir: Path) -> dict[str
     return {
         name: save_model_folder(tiny_model(seed=i, **cfg), root / name, bpe_dir=bpe_dir)
         for i, (name, cfg) in enumerate(variants.items())
-    }
+    } | {"native": native_gpt2_folder(root / "native", n_positions=128)}
 
 
 def reference_probability(model: torch.nn.Module, ids: list[int], length: int | None = None) -> float:
@@ -107,7 +138,7 @@ def test_last_pooling_pads_to_the_trained_length(folders: dict[str, Path]) -> No
     clf = SpamClassifier.from_pretrained(folders["last_padded"], device="cpu")
     assert clf.config.fixed_length == 40 and clf.config.max_input_tokens == 40 and clf.model.active_pooling == "last"
     ids = clf.encode(TEXTS)
-    assert max(len(x) for x in ids) == 40 and ids[2] == []  # the model reads an empty text as one <|endoftext|>
+    assert max(len(x) for x in ids) == 40 and ids[2] == [PAD_TOKEN_ID]  # an empty text: one <|endoftext|>
     dynamic = SpamClassifier.from_pretrained(folders["last_dynamic"], device="cpu")
     assert dynamic.config.fixed_length is None and dynamic.config.max_input_tokens == 1024
     assert dynamic.model.active_pooling == "last_non_pad"
@@ -175,10 +206,40 @@ def test_predict_stream_is_lazy_bounded_and_ordered(folders: dict[str, Path], on
     assert streamed == pytest.approx(direct, abs=1e-5)
 
 
+@pytest.mark.parametrize("variant", ["last_padded", "mean", "native"])
+def test_calling_the_classifier_answers_like_the_pipeline(folders: dict[str, Path], variant: str) -> None:
+    clf = SpamClassifier.from_pretrained(folders[variant], device="cpu")
+    pipe = pipeline("text-classification", model=str(folders[variant]), trust_remote_code=True)
+    texts = [t for t in TEXTS if t and len(t) < 500]  # the pipeline can run GPT-2 on neither an empty nor a long text
+    for inputs in (texts[0], texts):
+        for parameters in PIPELINE_PARAMETERS:
+            assert_same(clf(inputs, batch_size=3, **parameters), pipe(inputs, **parameters))
+    spam = [next(r["score"] for r in ranked if r["label"] == "spam") for ranked in clf(texts, top_k=None,
+                                                                                      function_to_apply="none")]
+    assert max(spam) - min(spam) > 0.1, "the test texts should get different logits"
+
+
+def test_a_native_gpt2_folder_is_cut_to_its_context(folders: dict[str, Path], bpe_dir: Path) -> None:
+    clf = SpamClassifier.from_pretrained(folders["native"], device="cpu")
+    assert isinstance(clf.model, GPT2ForSequenceClassification) and clf.inputs == {
+        "max_input_tokens": 128, "fixed_length": None, "pooling": "last_non_pad", "training_length": None}
+    model, enc = GPT2ForSequenceClassification.from_pretrained(folders["native"]).eval(), get_encoding(bpe_dir)
+    for text, record in zip(TEXTS, clf.predict(TEXTS, batch_size=4)):  # a long text cut, an empty one <|endoftext|>
+        assert record["spam_probability"] == pytest.approx(
+            reference_probability(model, enc.encode_ordinary(text)[:128]), abs=1e-5)
+    with pytest.raises(HfSpamError, match="no auto_map"):
+        SpamClassifier.from_pretrained(folders["native"], trust_remote_code=True)
+
+
 def test_bad_input_is_a_clear_error(folders: dict[str, Path], tmp_path: Path) -> None:
     clf = SpamClassifier.from_pretrained(folders["last_non_pad"], device="cpu")
     with pytest.raises(HfSpamError, match=r"texts\[1\]: expected str, got int"):
         clf.predict(["ok", 3])
+    for parameters, match in [({"top_k": 0}, "top_k: 0"), ({"top_k": True}, "top_k: True"), ({"top_k": "2"}, "top_k"),
+                              ({"function_to_apply": "relu"}, "function_to_apply: 'relu'; expected one of softmax"),
+                              ({"truncation": True}, "parameters: expected")]:
+        with pytest.raises(HfSpamError, match=match):
+            clf("ok", **parameters)
     with pytest.raises(HfSpamError, match="batch_size"):
         clf.predict(["ok"], batch_size=0)
     with pytest.raises(HfSpamError, match="chunk_size"):
