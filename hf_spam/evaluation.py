@@ -14,7 +14,7 @@ from huggingface_hub import hf_hub_download
 from .data import LABEL_NAMES, read_sms_file
 from .errors import HfSpamError
 from .files import write_json, write_text
-from .metrics import compute_metrics, confusion_matrix, per_class, positive_index
+from .metrics import compute_metrics, confusion_matrix, per_class, positive_index, probability_scores
 from .plots import plot_confusion_matrix
 from .sources import load_data
 
@@ -32,17 +32,24 @@ def scores(predicted: Any, truth: Any, labels: list[str], positive: int = 1) -> 
             "per_class": dict(zip(labels, per_class(cm))), "confusion_matrix": cm.tolist()}
 
 
+def softmax(logits: Any) -> np.ndarray:
+    """Each row's class probabilities (float32 softmax, as the model's pipeline gives them)."""
+    return torch.softmax(torch.as_tensor(logits, dtype=torch.float32), dim=-1).numpy()
+
+
 def evaluate_splits(trainer: Any, splits: dict[str, Any], label_names: list[str],
                     positive: int = 1) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """``scores`` and the loss of every example of each split, keyed ``SPLIT_...`` (each example exactly once,
-    also with several processes: ``Trainer.predict`` gathers with ``gather_for_metrics``); and the logits per
-    split, in the split's order."""
+    also with several processes: ``Trainer.predict`` gathers with ``gather_for_metrics``), with its ranking and
+    calibration scores (``probability_scores``); and the logits per split, in the split's order."""
     out, logits = {}, {}
     for name, ds in splits.items():
         result = trainer.predict(ds, metric_key_prefix=name)
         logits[name] = result.predictions[0] if isinstance(result.predictions, tuple) else result.predictions
+        predicted = logits[name].argmax(axis=-1)
         out.update({f"{name}_{key}": value for key, value in
-                    scores(logits[name].argmax(axis=-1), result.label_ids, label_names, positive).items()})
+                    {**scores(predicted, result.label_ids, label_names, positive),
+                     **probability_scores(softmax(logits[name]), result.label_ids, predicted, positive)}.items()})
         out[f"{name}_loss"] = float(result.metrics[f"{name}_loss"])
     return out, logits
 
@@ -50,7 +57,7 @@ def evaluate_splits(trainer: Any, splits: dict[str, Any], label_names: list[str]
 def write_predictions(path: Path, texts: list[str], labels: list[int], logits: np.ndarray,
                       id2label: dict[int, str]) -> Path:
     """``predictions.jsonl``: per example its text, true and predicted label, and each label's probability."""
-    probabilities = torch.softmax(torch.as_tensor(logits, dtype=torch.float32), dim=-1).tolist()
+    probabilities = softmax(logits).tolist()
     names = [id2label[i] for i in range(len(id2label))]
     lines = [json.dumps({"text": text, "label": names[label], "predicted": names[max(range(len(p)), key=p.__getitem__)],
                          "probabilities": dict(zip(names, p))}, ensure_ascii=False)

@@ -73,3 +73,40 @@ def positive_index(names: list[str], chosen: str | None = None) -> int:
     if chosen is not None:
         return names.index(chosen)
     return names.index("spam") if "spam" in names else 1
+
+
+def expected_calibration_error(probabilities: Any, references: Any, bins: int = 15) -> float:
+    """Top-label ECE: over ``bins`` equal-width confidence bins, the example-weighted gap of accuracy and confidence."""
+    p, y = np.asarray(probabilities, dtype=float), np.asarray(references, dtype=int)
+    confidence, correct = p.max(axis=1), p.argmax(axis=1) == y
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    return float(sum(abs(correct[which == b].mean() - confidence[which == b].mean()) * (which == b).mean()
+                     for b in range(bins) if (which == b).any()))
+
+
+def probability_scores(probabilities: Any, references: Any, predictions: Any, positive: int = 1) -> dict[str, Any]:
+    """Ranking and calibration scores of class probabilities: ROC AUC and average precision (two labels: of
+    ``positive``; more: macro one-vs-rest; ``None`` when a class is absent), log loss, Brier score (two labels: of
+    ``positive``; more: mean over examples of the squared error summed over the one-hot classes), ECE (15 bins);
+    for two labels also the false-positive rate (negatives decided positive) of ``predictions``."""
+    from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+
+    p, y = np.asarray(probabilities, dtype=float), np.asarray(references, dtype=int)
+    p = p / p.sum(axis=1, keepdims=True)  # float32 softmax rows, summing to one in float64
+    classes = list(range(p.shape[1]))
+    two, onehot = len(classes) == 2, np.eye(len(classes))[y]
+    ranked = len(np.unique(y)) == len(classes)  # every class present: ranking scores are defined
+    out = {"roc_auc": (float(roc_auc_score(y == positive, p[:, positive]) if two else
+                             roc_auc_score(y, p, multi_class="ovr", average="macro", labels=classes))
+                       if ranked else None),
+           "average_precision": (float(average_precision_score(y == positive, p[:, positive]) if two else
+                                       average_precision_score(onehot, p, average="macro")) if ranked else None),
+           "log_loss": float(log_loss(y, p, labels=classes)),
+           "brier_score": float(brier_score_loss(y == positive, p[:, positive]) if two else
+                                np.mean(np.sum((p - onehot) ** 2, axis=1))),
+           "ece": expected_calibration_error(p, y)}
+    if two:
+        negative = y != positive
+        out["false_positive_rate"] = float((np.asarray(predictions)[negative] == positive).mean()) \
+            if negative.any() else 0.0
+    return out

@@ -95,6 +95,11 @@ def model_card(config: Any, metrics: dict[str, Any], settings: dict[str, Any], i
         tags=["text-classification", *(["spam-detection"] if sms else []), "gpt2", "hf-spam", "llms-from-scratch"])
     results = [[split, *(f"{metrics[f'{split}_{k}'] * 100:.2f}%" for k in names), str(metrics.get(f"{split}_examples"))]
                for split in ("train", "validation", "test") if all(f"{split}_{k}" in metrics for k in names)]
+    ranked = ("roc_auc", "average_precision", "log_loss", "brier_score", "ece",
+              *(["false_positive_rate"] if positive else []))
+    ranking = [[split, *("n/a" if metrics[f"{split}_{k}"] is None else f"{metrics[f'{split}_{k}']:.4f}"
+                         for k in ranked)]
+               for split in ("train", "validation", "test") if all(f"{split}_{k}" in metrics for k in ranked)]
     per_class = [[name, *(f"{scores[k] * 100:.2f}%" for k in ("precision", "recall", "f1")), str(scores["support"])]
                  for name, scores in (metrics.get("test_per_class") or {}).items()]
     return ModelCard.from_template(
@@ -103,7 +108,7 @@ def model_card(config: Any, metrics: dict[str, Any], settings: dict[str, Any], i
         weights=info.get("weights"), model_size=info.get("model_size") or "custom size", sms=sms,
         recipe=data.get("recipe"), splits=data.get("splits") or {}, made=data.get("made") or {},
         dataset_id=data.get("dataset_id"), dataset_config=data.get("dataset_config"), balance=data.get("balance"),
-        labels=labels, positive=positive, settings=settings, results=results,
+        labels=labels, positive=positive, settings=settings, results=results, ranking=ranking,
         per_class=per_class, confusion=list(zip(labels, metrics.get("test_confusion_matrix") or [])),
         total_parameters=metrics.get("total_parameters"), pooling=config.pooling,
         training_length=config.training_length, n_layers=config.n_layers, n_heads=config.n_heads,

@@ -1,4 +1,5 @@
-"""The chapter's plots (loss and accuracy over epochs, examples seen on the top axis) and a confusion matrix."""
+"""The chapter's plots (loss and accuracy over epochs, examples seen on the top axis), a confusion matrix, and the
+ROC, precision-recall and reliability curves of the test split."""
 
 from __future__ import annotations
 
@@ -79,3 +80,41 @@ def plot_confusion_matrix(cm: Any, labels: list[str], path: Path, title: str) ->
         ax.text(j, i, str(int(value)), ha="center", va="center", color="white" if value > cm.max() / 2 else "black")
     fig.tight_layout()
     return save_figure(fig, path.with_suffix(""), ("png",))[0]
+
+
+def plot_operating_curves(probabilities: Any, truth: Any, predicted: Any, labels: list[str], positive: int,
+                          out_dir: Path, title: str, threshold: float = 0.5) -> list[Path]:
+    """``roc-curve.png``, ``precision-recall.png`` and ``calibration.png`` (reliability diagram, 15 bins) of
+    class probabilities: the positive class's for two labels, each class one-vs-rest for more; the decisions
+    ``predicted`` marked on each curve (and, for two labels, the positive ``threshold`` on the diagram)."""
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    p, y, decided = np.asarray(probabilities, dtype=float), np.asarray(truth, dtype=int), np.asarray(predicted)
+    classes = [positive] if len(labels) == 2 else range(len(labels))
+    figures = {name: plt.subplots(figsize=(4.6, 4.2)) for name in ("roc-curve", "precision-recall", "calibration")}
+    for k in (k for k in classes if 0 < (y == k).sum() < len(y)):  # a curve needs both sides
+        actual, chosen = y == k, decided == k
+        fpr, tpr, _ = roc_curve(actual, p[:, k])
+        precision, recall, _ = precision_recall_curve(actual, p[:, k])
+        frequency, mean_p = calibration_curve(actual, p[:, k], n_bins=15)
+        line = figures["roc-curve"][1].plot(fpr, tpr, label=labels[k])[0]
+        figures["roc-curve"][1].plot(chosen[~actual].mean(), chosen[actual].mean(), "o", color=line.get_color())
+        figures["precision-recall"][1].plot(recall, precision, label=labels[k], color=line.get_color())
+        figures["precision-recall"][1].plot(chosen[actual].mean(), actual[chosen].mean() if chosen.any() else 1.0,
+                                            "o", color=line.get_color())
+        figures["calibration"][1].plot(mean_p, frequency, "s-", label=labels[k], color=line.get_color())
+    if len(labels) == 2:
+        figures["calibration"][1].axvline(threshold, linestyle=":", color="grey", label=f"threshold {threshold:g}")
+    axes = {"roc-curve": ("false-positive rate", "true-positive rate (recall)"),
+            "precision-recall": ("recall", "precision"), "calibration": ("mean predicted probability", "fraction true")}
+    written = []
+    for name, (fig, ax) in figures.items():
+        if name != "precision-recall":  # chance (ROC) and perfect calibration
+            ax.plot([0, 1], [0, 1], "--", color="lightgrey")
+        ax.set(xlabel=axes[name][0], ylabel=axes[name][1], xlim=(0, 1), ylim=(0, 1.02))
+        ax.set_title(textwrap.fill(f"{title}; dots: the decisions", 48), fontsize=8)
+        ax.legend(fontsize=7, loc="lower right" if name != "precision-recall" else "lower left")
+        fig.tight_layout()
+        written += save_figure(fig, out_dir / name, ("png",))
+    return written

@@ -23,7 +23,7 @@ from transformers import DataCollatorWithPadding, EarlyStoppingCallback, set_see
 from hf_spam.arguments import parse_args
 from hf_spam.data import write_splits_csv
 from hf_spam.errors import HfSpamError, run_main
-from hf_spam.evaluation import evaluate_splits, format_accuracy_table, write_predictions
+from hf_spam.evaluation import evaluate_splits, format_accuracy_table, softmax, write_predictions
 from hf_spam.feature_cache import prepare_cached_training
 from hf_spam.files import cache_dir, write_json
 from hf_spam.hub import push_folder_to_hub, save_model_folder
@@ -31,7 +31,7 @@ from hf_spam.launch import configure_cpu_threads, configure_processes, describe_
 from hf_spam.lora import apply_lora, save_adapter_and_merge
 from hf_spam.metrics import positive_index
 from hf_spam.model_card import run_summary
-from hf_spam.plots import plot_confusion_matrix, plot_history
+from hf_spam.plots import plot_confusion_matrix, plot_history, plot_operating_curves
 from hf_spam.run_folder import HistoryLogCallback, logger, prepare_output_dir, resume_target, setup_logging
 from hf_spam.sources import load_data
 from hf_spam.starting_model import build_model, is_trained_classifier
@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = trainer.train(resume_from_checkpoint=resume) if args.do_train else None
 
     # 9. Accuracy, precision, recall, F1 (macro, per class and, for two labels, the positive class's), confusion
-    #    matrix and loss on every example of each split (--do_eval), and the test split's predictions (--do_predict).
+    #    matrix, loss, ROC AUC, average precision, log loss, Brier score, ECE (and the false-positive rate) on every
+    #    example of each split (--do_eval), and the test split's predictions (--do_predict).
     splits = [s for s in ("train", "validation", "test") if args.do_eval or (args.do_predict and s == "test")]
     metrics, logits = evaluate_splits(trainer, {split: data[split] for split in splits}, labels, positive)
     metrics.update(label_names=labels, **({"positive_label": labels[positive]} if len(labels) == 2 else {}),
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "test_confusion_matrix" in metrics:
             plot_confusion_matrix(metrics["test_confusion_matrix"], labels, out_dir / "confusion-matrix.png",
                                   f"test split ({metrics['test_examples']} examples)")
+            plot_operating_curves(softmax(logits["test"]), raw["test"]["label"], logits["test"].argmax(axis=-1),
+                                  labels, positive, out_dir, f"test split ({metrics['test_examples']} examples)")
         if args.do_predict:
             write_predictions(out_dir / "predictions.jsonl", raw["test"]["text"], raw["test"]["label"],
                               logits["test"], model.config.id2label)
