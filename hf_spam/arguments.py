@@ -161,6 +161,10 @@ class DataArguments:
                               "--padding dynamic nothing is padded (texts are cut to the context length)")
 
 
+# How a two-label model decides: a threshold, or a target it is chosen for on the validation split.
+DECISION_FLAGS = ("decision_threshold", "max_false_positive_rate", "min_precision")
+
+
 @dataclass
 class SpamTrainingArguments(TrainingArguments):
     """transformers' ``TrainingArguments`` plus what this recipe adds to a training run."""
@@ -187,6 +191,12 @@ class SpamTrainingArguments(TrainingArguments):
         "help": "Write predictions.jsonl for the test split: text, true and predicted label, probabilities."})
     early_stopping_patience: int | None = field(default=None, metadata={
         "help": "Stop after this many evaluations without improvement (with --load_best_model_at_end true)."})
+    decision_threshold: float | None = field(default=None, metadata={
+        "help": "Two labels: decide the positive class when its probability is at least this (default: argmax)."})
+    max_false_positive_rate: float | None = field(default=None, metadata={
+        "help": "Two labels: the threshold with the largest validation recall at a false-positive rate <= this."})
+    min_precision: float | None = field(default=None, metadata={
+        "help": "Two labels: the threshold with the largest validation recall at a precision >= this."})
     # transformers' --label_names (the input keys holding labels: always "labels" here) gives way to the data's
     # --label_names (the names of the classes).
     label_names: list[str] | None = field(default=None, init=False)
@@ -201,6 +211,12 @@ class SpamTrainingArguments(TrainingArguments):
         if not self.cache_features and (self.feature_dtype != "float32" or self.feature_cache_dir):
             raise HfSpamError("--feature_dtype/--feature_cache_dir: set how the frozen-trunk feature cache is stored, "
                               "and --cache_features is false")
+        given = [name for name in DECISION_FLAGS if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise HfSpamError(f"--{given[1]}: one of --{', --'.join(DECISION_FLAGS)} at a time (--{given[0]} given)")
+        for name in given:
+            if not 0 <= getattr(self, name) <= 1 or name == "decision_threshold" and getattr(self, name) in (0, 1):
+                raise HfSpamError(f"--{name}: expected a probability between 0 and 1, got {getattr(self, name)}")
         if not self.output_dir:
             raise HfSpamError("--output_dir: required (where the model, metrics and plots are written)")
         for name in ("cpu_threads", "per_device_train_batch_size", "per_device_eval_batch_size",

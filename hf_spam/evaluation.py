@@ -14,7 +14,15 @@ from huggingface_hub import hf_hub_download
 from .data import LABEL_NAMES, read_sms_file
 from .errors import HfSpamError
 from .files import write_json, write_text
-from .metrics import compute_metrics, confusion_matrix, per_class, positive_index, probability_scores
+from .metrics import (
+    choose_threshold,
+    compute_metrics,
+    confusion_matrix,
+    decide,
+    per_class,
+    positive_index,
+    probability_scores,
+)
 from .plots import plot_confusion_matrix
 from .sources import load_data
 
@@ -37,31 +45,60 @@ def softmax(logits: Any) -> np.ndarray:
     return torch.softmax(torch.as_tensor(logits, dtype=torch.float32), dim=-1).numpy()
 
 
-def evaluate_splits(trainer: Any, splits: dict[str, Any], label_names: list[str],
-                    positive: int = 1) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def evaluate_splits(trainer: Any, splits: dict[str, Any], label_names: list[str], positive: int = 1,
+                    decision: dict[str, float | None] | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """``scores`` and the loss of every example of each split, keyed ``SPLIT_...`` (each example exactly once,
     also with several processes: ``Trainer.predict`` gathers with ``gather_for_metrics``), with its ranking and
-    calibration scores (``probability_scores``); and the logits per split, in the split's order."""
-    out, logits = {}, {}
-    for name, ds in splits.items():
-        result = trainer.predict(ds, metric_key_prefix=name)
-        logits[name] = result.predictions[0] if isinstance(result.predictions, tuple) else result.predictions
-        predicted = logits[name].argmax(axis=-1)
+    calibration scores (``probability_scores``); and the logits per split, in the split's order. ``decision``
+    (the ``DECISION_FLAGS`` by name) decides two labels at a threshold, given or chosen on the validation split."""
+    results = {name: trainer.predict(ds, metric_key_prefix=name) for name, ds in splits.items()}
+    logits = {name: r.predictions[0] if isinstance(r.predictions, tuple) else r.predictions
+              for name, r in results.items()}
+    threshold, out = decision_threshold(decision or {}, logits, results, label_names, positive)
+    for name, result in results.items():
+        probabilities = softmax(logits[name])
+        predicted = decide(probabilities, positive, threshold)
         out.update({f"{name}_{key}": value for key, value in
                     {**scores(predicted, result.label_ids, label_names, positive),
-                     **probability_scores(softmax(logits[name]), result.label_ids, predicted, positive)}.items()})
+                     **probability_scores(probabilities, result.label_ids, predicted, positive)}.items()})
         out[f"{name}_loss"] = float(result.metrics[f"{name}_loss"])
     return out, logits
 
 
+def check_decision(decision: dict[str, float | None], label_names: list[str]) -> dict[str, float]:
+    """The decision flags given (at most one, see ``SpamTrainingArguments``); refused for more than two labels."""
+    given = {key: value for key, value in decision.items() if value is not None}
+    if given and len(label_names) != 2:
+        raise HfSpamError(f"--{next(iter(given))}: a threshold decides between two labels; these are "
+                          f"{len(label_names)} ({', '.join(label_names)})")
+    return given
+
+
+def decision_threshold(decision: dict[str, float | None], logits: dict[str, np.ndarray], results: dict[str, Any],
+                       label_names: list[str], positive: int) -> tuple[float | None, dict[str, Any]]:
+    """The threshold ``decision`` asks for (``None``: argmax) and how it was set, as ``metrics.json`` keys."""
+    if not check_decision(decision, label_names):
+        return None, {}
+    (flag, value), = check_decision(decision, label_names).items()
+    if flag == "decision_threshold":
+        return value, {"decision_threshold": value}
+    if "validation" not in logits:
+        raise HfSpamError(f"--{flag}: chosen on the validation split, which is not scored (keep --do_eval true)")
+    threshold = choose_threshold(softmax(logits["validation"])[:, positive],
+                                 results["validation"].label_ids == positive, **{flag: value})
+    return threshold, {"decision_threshold": threshold, f"threshold_{flag}": value}
+
+
 def write_predictions(path: Path, texts: list[str], labels: list[int], logits: np.ndarray,
-                      id2label: dict[int, str]) -> Path:
-    """``predictions.jsonl``: per example its text, true and predicted label, and each label's probability."""
-    probabilities = softmax(logits).tolist()
+                      id2label: dict[int, str], positive: int = 1, threshold: float | None = None) -> Path:
+    """``predictions.jsonl``: per example its text, true and predicted label (at ``threshold``, see ``decide``) and
+    each label's probability (the model's softmax before any threshold is applied)."""
+    probabilities = softmax(logits)
     names = [id2label[i] for i in range(len(id2label))]
-    lines = [json.dumps({"text": text, "label": names[label], "predicted": names[max(range(len(p)), key=p.__getitem__)],
+    lines = [json.dumps({"text": text, "label": names[label], "predicted": names[int(k)],
                          "probabilities": dict(zip(names, p))}, ensure_ascii=False)
-             for text, label, p in zip(texts, labels, probabilities)]
+             for text, label, p, k in zip(texts, labels, probabilities.tolist(),
+                                          decide(probabilities, positive, threshold))]
     return write_text(path, "".join(line + "\n" for line in lines))
 
 

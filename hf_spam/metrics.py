@@ -110,3 +110,31 @@ def probability_scores(probabilities: Any, references: Any, predictions: Any, po
         out["false_positive_rate"] = float((np.asarray(predictions)[negative] == positive).mean()) \
             if negative.any() else 0.0
     return out
+
+
+def decide(probabilities: Any, positive: int = 1, threshold: float | None = None) -> np.ndarray:
+    """Each row's label: the most probable, or (two labels, ``threshold``) ``positive`` when its probability is at
+    least ``threshold``."""
+    p = np.asarray(probabilities)
+    return p.argmax(axis=1) if threshold is None else np.where(p[:, positive] >= threshold, positive, 1 - positive)
+
+
+def choose_threshold(positive_probability: Any, is_positive: Any, *, max_false_positive_rate: float | None = None,
+                     min_precision: float | None = None) -> float:
+    """The threshold (decide positive at ``p >= t``) with the largest recall whose false-positive rate is at most
+    ``max_false_positive_rate`` (or whose precision is at least ``min_precision``), ties to the higher threshold;
+    an ``HfSpamError`` when none catches a positive within the target."""
+    from sklearn.metrics import roc_curve
+
+    p, y = np.asarray(positive_probability, dtype=float), np.asarray(is_positive, dtype=bool)
+    fpr, recall, thresholds = roc_curve(y, p, drop_intermediate=False)
+    decided = np.array([(p >= t).sum() for t in thresholds])
+    precision = np.divide(recall * y.sum(), decided, out=np.ones_like(recall), where=decided > 0)
+    flag, target = (("max_false_positive_rate", max_false_positive_rate) if max_false_positive_rate is not None
+                    else ("min_precision", min_precision))
+    meets = (fpr <= target if flag == "max_false_positive_rate" else precision >= target) & (recall > 0)
+    if not meets.any():
+        raise HfSpamError(f"--{flag} {target}: no threshold meets it on the validation split ({len(y)} rows, "
+                          f"{int(y.sum())} positive); loosen the target")
+    best = np.flatnonzero(meets & (recall == recall[meets].max()))[0]  # thresholds fall: the first is the highest
+    return float(thresholds[best])

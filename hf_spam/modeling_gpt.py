@@ -73,6 +73,9 @@ class GPTSpamConfig(PretrainedConfig):
         pad_token_id (`int`, defaults to 50256): GPT-2's `<|endoftext|>`, used as padding.
         padded_length (`int`, *optional*): the length training padded every text to (the chapter: the longest
             training text), or `None` (each batch padded to its longest text); only `trained_shape` acts on it.
+        decision_threshold (`float`, *optional*): set by training with a threshold (two labels): the positive
+            class's probability it decides at, already folded into the head's bias (`b_pos -= log(t / (1 - t))`), so
+            argmax is that decision and the positive score crosses 0.5 exactly at `t`; a record, nothing reads it.
     """
 
     model_type = "hf_spam_gpt"

@@ -20,17 +20,18 @@ from typing import Any
 import torch
 from transformers import DataCollatorWithPadding, EarlyStoppingCallback, set_seed
 
-from hf_spam.arguments import parse_args
+from hf_spam.arguments import DECISION_FLAGS, parse_args
 from hf_spam.data import write_splits_csv
 from hf_spam.errors import HfSpamError, run_main
-from hf_spam.evaluation import evaluate_splits, format_accuracy_table, softmax, write_predictions
+from hf_spam.evaluation import check_decision, evaluate_splits, format_accuracy_table, softmax, write_predictions
 from hf_spam.feature_cache import prepare_cached_training
 from hf_spam.files import cache_dir, write_json
 from hf_spam.hub import push_folder_to_hub, save_model_folder
 from hf_spam.launch import configure_cpu_threads, configure_processes, describe_device, fsdp_enabled
 from hf_spam.lora import apply_lora, save_adapter_and_merge
-from hf_spam.metrics import positive_index
+from hf_spam.metrics import decide, positive_index
 from hf_spam.model_card import run_summary
+from hf_spam.operating_point import fold_threshold
 from hf_spam.plots import plot_confusion_matrix, plot_history, plot_operating_curves
 from hf_spam.run_folder import HistoryLogCallback, logger, prepare_output_dir, resume_target, setup_logging
 from hf_spam.sources import load_data
@@ -57,6 +58,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise HfSpamError("--push_to_hub: also pass --hub_model_id NAME")
     if (fsdp := fsdp_enabled(args)) and model_args.trainable_layers == "lora":
         raise HfSpamError("--trainable_layers lora: not supported with FSDP; use configs/accelerate/multi_gpu.yaml")
+    if fsdp and any(getattr(args, flag) is not None for flag in DECISION_FLAGS):
+        raise HfSpamError(f"--{next(f for f in DECISION_FLAGS if getattr(args, f) is not None)}: not supported with "
+                          "FSDP (the threshold is folded into the gathered head)")
     set_seed(args.seed)
 
     # 2. Data: the SMS Spam Collection, balanced and split 70/10/20 like the chapter (1,045 / 149 / 300 rows), or
@@ -64,6 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     raw, data_info = load_data(**data_args.source_settings)
     labels = data_info["labels"]
     positive = positive_index(labels, data_args.positive_label)  # two labels: whose precision/recall/F1
+    decision = check_decision({flag: getattr(args, flag) for flag in DECISION_FLAGS}, labels)  # two labels only
     if data_args.write_csv and args.process_index == 0:
         write_splits_csv(raw, out_dir)
 
@@ -129,7 +134,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     #    matrix, loss, ROC AUC, average precision, log loss, Brier score, ECE (and the false-positive rate) on every
     #    example of each split (--do_eval), and the test split's predictions (--do_predict).
     splits = [s for s in ("train", "validation", "test") if args.do_eval or (args.do_predict and s == "test")]
-    metrics, logits = evaluate_splits(trainer, {split: data[split] for split in splits}, labels, positive)
+    #    A threshold (--decision_threshold, or chosen on validation for --max_false_positive_rate/--min_precision)
+    #    decides two labels; no threshold meeting the target ends the run here, before anything is saved.
+    metrics, logits = evaluate_splits(trainer, {split: data[split] for split in splits}, labels, positive, decision)
+    threshold = metrics.get("decision_threshold")
+    if threshold is not None and "test_precision" in metrics:
+        logger.info("Decision threshold %.6g (%s probability); test precision %.4f, recall %.4f, false-positive "
+                    "rate %.4f", threshold, labels[positive], metrics["test_precision"], metrics["test_recall"],
+                    metrics["test_false_positive_rate"])
     metrics.update(label_names=labels, **({"positive_label": labels[positive]} if len(labels) == 2 else {}),
                    train_runtime_seconds=time.time() - started, trainable_parameters=trainable,
                    total_parameters=total, device=str(args.device), device_name=describe_device(args.device),
@@ -147,17 +159,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "test_confusion_matrix" in metrics:
             plot_confusion_matrix(metrics["test_confusion_matrix"], labels, out_dir / "confusion-matrix.png",
                                   f"test split ({metrics['test_examples']} examples)")
-            plot_operating_curves(softmax(logits["test"]), raw["test"]["label"], logits["test"].argmax(axis=-1),
-                                  labels, positive, out_dir, f"test split ({metrics['test_examples']} examples)")
+            probabilities = softmax(logits["test"])
+            plot_operating_curves(probabilities, raw["test"]["label"], decide(probabilities, positive, threshold),
+                                  labels, positive, out_dir, f"test split ({metrics['test_examples']} examples)",
+                                  0.5 if threshold is None else threshold)
         if args.do_predict:
             write_predictions(out_dir / "predictions.jsonl", raw["test"]["text"], raw["test"]["label"],
-                              logits["test"], model.config.id2label)
+                              logits["test"], model.config.id2label, positive, threshold)
         if not args.do_train:
             write_json(out_dir / "metrics.json", metrics)
             logger.info("Scored %s; metrics in %s", model_args.model_name_or_path or "the model", out_dir)
         else:
             write_json(out_dir / "log_history.json", trainer.state.log_history)
             final = save_adapter_and_merge(train_model, out_dir / "adapter") if lora else model
+            if threshold is not None:  # argmax of the saved model is the thresholded decision
+                fold_threshold(final, threshold, positive)
             pretrained = model_args.weights == "pretrained"
             settings = run_summary({**vars(args), **vars(model_args), **vars(data_args)}, data_info)  # allow-listed
             save_model_folder(final, out_dir, metrics=metrics, settings=settings,

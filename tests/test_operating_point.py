@@ -1,4 +1,4 @@
-"""Ranking and calibration scores and the test split's curves (issue 20, item 1), on a real model's probabilities."""
+"""Ranking and calibration scores, the test split's curves, and the decision threshold (issue 20)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ import torch
 from conftest import scaled_tiny_model
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 
-from hf_spam.evaluation import scores, softmax
-from hf_spam.metrics import expected_calibration_error, probability_scores
+from hf_spam.arguments import parse_args
+from hf_spam.errors import HfSpamError
+from hf_spam.evaluation import check_decision, scores, softmax
+from hf_spam.metrics import choose_threshold, decide, expected_calibration_error, probability_scores
 from hf_spam.model_card import model_card
+from hf_spam.operating_point import fold_threshold
 from hf_spam.plots import plot_operating_curves
 
 
@@ -94,3 +97,66 @@ def test_card_shows_the_scores_of_every_split():
                                                                     "brier_score", "ece", "false_positive_rate")]
         assert "| " + " | ".join(row) + " |" in card
     assert "| train |" not in card.split("Ranking and calibration")[1]  # only the splits scored
+
+
+def validation_with_known_threshold() -> tuple[np.ndarray, np.ndarray]:
+    """Positive-class probabilities and labels where each target's threshold can be read off: 20 negatives below
+    0.5 plus negatives at 0.62 and 0.81; 10 positives from 0.55 to 0.95 (0.6, 0.7, 0.8 and 0.9 among them)."""
+    negatives = np.r_[np.linspace(0.05, 0.45, 20), 0.62, 0.81]
+    positives = np.array([0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95])
+    return np.r_[negatives, positives], np.r_[np.zeros(22, bool), np.ones(10, bool)]
+
+
+def test_threshold_is_the_largest_recall_within_the_target():
+    p, y = validation_with_known_threshold()
+    # No false positive allowed: above the negative at 0.81, the lowest positive is 0.85.
+    assert choose_threshold(p, y, max_false_positive_rate=0.0) == pytest.approx(0.85)
+    # One false positive (1/22) allowed: above 0.62, down to the positive at 0.65.
+    assert choose_threshold(p, y, max_false_positive_rate=1 / 22) == pytest.approx(0.65)
+    # Both negatives allowed: every positive, from 0.55.
+    assert choose_threshold(p, y, max_false_positive_rate=0.1) == pytest.approx(0.55)
+    # Precision 1: as with no false positive; 0.9 allows the negative at 0.81 (9 decided, 8 right: 0.889 < 0.9
+    # for t = 0.8; t = 0.85 has precision 1), 0.8 reaches 0.55 (12 decided, 10 right: 0.833).
+    assert choose_threshold(p, y, min_precision=1.0) == pytest.approx(0.85)
+    assert choose_threshold(p, y, min_precision=0.8) == pytest.approx(0.55)
+    for t in (0.85, 0.65, 0.55):  # the rule the threshold is used with: positive at p >= t
+        decided = decide(np.c_[1 - p, p], 1, t) == 1
+        assert decided[y].mean() == pytest.approx(y[p >= t].sum() / y.sum())
+
+
+def test_no_threshold_meeting_the_target_is_one_line():
+    p = np.array([0.9, 0.8, 0.1])  # the most probable row is a negative: any positive caught costs FPR 1/2
+    with pytest.raises(HfSpamError, match=r"^--max_false_positive_rate 0.1: no threshold meets it"):
+        choose_threshold(p, np.array([False, True, False]), max_false_positive_rate=0.1)
+    with pytest.raises(HfSpamError, match=r"^--min_precision 0.9: no threshold"):
+        choose_threshold(p, np.array([False, True, False]), min_precision=0.9)
+
+
+def test_decision_flags_one_at_a_time_and_two_labels_only(tmp_path):
+    with pytest.raises(HfSpamError, match=r"^--min_precision: one of --decision_threshold"):
+        parse_args(["--output_dir", str(tmp_path), "--max_false_positive_rate", "0.1", "--min_precision", "0.9"])
+    with pytest.raises(HfSpamError, match=r"^--decision_threshold: expected a probability"):
+        parse_args(["--output_dir", str(tmp_path), "--decision_threshold", "1.5"])
+    with pytest.raises(HfSpamError, match=r"^--min_precision: a threshold decides between two labels; these are 3"):
+        check_decision({"min_precision": 0.9, "decision_threshold": None}, ["a", "b", "c"])
+    assert check_decision({"decision_threshold": None}, ["a", "b", "c"]) == {}
+
+
+@pytest.mark.parametrize("positive", [1, 0])
+def test_folded_threshold_makes_argmax_the_thresholded_decision(positive):
+    model = scaled_tiny_model(3)
+    ids = torch.randint(0, model.config.vocab_size, (200, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        before = softmax(model(input_ids=ids).logits)
+        t = float(np.quantile(before[:, positive], 0.7))  # a threshold inside the scores, not 0.5
+        fold_threshold(model, t, positive)
+        after = softmax(model(input_ids=ids).logits)
+    assert model.config.decision_threshold == t
+    near = np.abs(before[:, positive] - t) < 1e-6  # float32 ties at the threshold itself may go either way
+    assert (after.argmax(1) == decide(before, positive, t))[~near].all()
+    assert 0 < (after.argmax(1) == positive).mean() < 1
+    # The shifted positive score crosses 0.5 exactly at t: it is the unshifted odds divided by t's odds.
+    odds = lambda q: q / (1 - q)  # noqa: E731
+    assert np.allclose(odds(after[:, positive]), odds(before[:, positive]) / odds(t), rtol=1e-3)
+    with pytest.raises(HfSpamError, match="no finite log-odds"):
+        fold_threshold(model, 1.0, positive)
