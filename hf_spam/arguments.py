@@ -191,6 +191,8 @@ class SpamTrainingArguments(TrainingArguments):
         "help": "Write predictions.jsonl for the test split: text, true and predicted label, probabilities."})
     early_stopping_patience: int | None = field(default=None, metadata={
         "help": "Stop after this many evaluations without improvement (with --load_best_model_at_end true)."})
+    calibrate: Literal["none", "temperature"] = field(default="none", metadata={
+        "help": "temperature: fit one temperature on the validation split (its log loss), folded into the head."})
     decision_threshold: float | None = field(default=None, metadata={
         "help": "Two labels: decide the positive class when its probability is at least this (default: argmax)."})
     max_false_positive_rate: float | None = field(default=None, metadata={

@@ -23,6 +23,7 @@ from .metrics import (
     positive_index,
     probability_scores,
 )
+from .operating_point import fit_temperature
 from .plots import plot_confusion_matrix
 from .sources import load_data
 
@@ -46,15 +47,27 @@ def softmax(logits: Any) -> np.ndarray:
 
 
 def evaluate_splits(trainer: Any, splits: dict[str, Any], label_names: list[str], positive: int = 1,
-                    decision: dict[str, float | None] | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+                    decision: dict[str, float | None] | None = None,
+                    calibrate: str = "none") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """``scores`` and the loss of every example of each split, keyed ``SPLIT_...`` (each example exactly once,
     also with several processes: ``Trainer.predict`` gathers with ``gather_for_metrics``), with its ranking and
     calibration scores (``probability_scores``); and the logits per split, in the split's order. ``decision``
-    (the ``DECISION_FLAGS`` by name) decides two labels at a threshold, given or chosen on the validation split."""
+    (the ``DECISION_FLAGS`` by name) decides two labels at a threshold, given or chosen on the validation split;
+    ``calibrate="temperature"`` first divides every split's logits by a temperature fitted on validation."""
     results = {name: trainer.predict(ds, metric_key_prefix=name) for name, ds in splits.items()}
     logits = {name: r.predictions[0] if isinstance(r.predictions, tuple) else r.predictions
               for name, r in results.items()}
-    threshold, out = decision_threshold(decision or {}, logits, results, label_names, positive)
+    out = {}
+    if calibrate == "temperature":  # scored below with softmax(logits / T); before it, log loss and ECE here
+        if "validation" not in logits:
+            raise HfSpamError("--calibrate temperature: fitted on the validation split, which is not scored")
+        out["temperature"] = fit_temperature(logits["validation"], results["validation"].label_ids)
+        for name in logits:
+            before = probability_scores(softmax(logits[name]), results[name].label_ids, logits[name].argmax(-1))
+            out.update({f"{name}_{key}_uncalibrated": before[key] for key in ("log_loss", "ece")})
+            logits[name] = logits[name] / out["temperature"]
+    threshold, chosen = decision_threshold(decision or {}, logits, results, label_names, positive)
+    out.update(chosen)
     for name, result in results.items():
         probabilities = softmax(logits[name])
         predicted = decide(probabilities, positive, threshold)

@@ -31,7 +31,7 @@ from hf_spam.launch import configure_cpu_threads, configure_processes, describe_
 from hf_spam.lora import apply_lora, save_adapter_and_merge
 from hf_spam.metrics import decide, positive_index
 from hf_spam.model_card import run_summary
-from hf_spam.operating_point import fold_threshold
+from hf_spam.operating_point import fold_temperature, fold_threshold
 from hf_spam.plots import plot_confusion_matrix, plot_history, plot_operating_curves
 from hf_spam.run_folder import HistoryLogCallback, logger, prepare_output_dir, resume_target, setup_logging
 from hf_spam.sources import load_data
@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise HfSpamError("--push_to_hub: also pass --hub_model_id NAME")
     if (fsdp := fsdp_enabled(args)) and model_args.trainable_layers == "lora":
         raise HfSpamError("--trainable_layers lora: not supported with FSDP; use configs/accelerate/multi_gpu.yaml")
-    if fsdp and any(getattr(args, flag) is not None for flag in DECISION_FLAGS):
-        raise HfSpamError(f"--{next(f for f in DECISION_FLAGS if getattr(args, f) is not None)}: not supported with "
-                          "FSDP (the threshold is folded into the gathered head)")
+    if fsdp and (args.calibrate != "none" or any(getattr(args, flag) is not None for flag in DECISION_FLAGS)):
+        raise HfSpamError("--calibrate/--decision_threshold/--max_false_positive_rate/--min_precision: not supported "
+                          "with FSDP (they are folded into the gathered head)")
     set_seed(args.seed)
 
     # 2. Data: the SMS Spam Collection, balanced and split 70/10/20 like the chapter (1,045 / 149 / 300 rows), or
@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     splits = [s for s in ("train", "validation", "test") if args.do_eval or (args.do_predict and s == "test")]
     #    A threshold (--decision_threshold, or chosen on validation for --max_false_positive_rate/--min_precision)
     #    decides two labels; no threshold meeting the target ends the run here, before anything is saved.
-    metrics, logits = evaluate_splits(trainer, {split: data[split] for split in splits}, labels, positive, decision)
+    metrics, logits = evaluate_splits(trainer, {split: data[split] for split in splits}, labels, positive, decision,
+                                      args.calibrate)
     threshold = metrics.get("decision_threshold")
     if threshold is not None and "test_precision" in metrics:
         logger.info("Decision threshold %.6g (%s probability); test precision %.4f, recall %.4f, false-positive "
@@ -172,6 +173,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else:
             write_json(out_dir / "log_history.json", trainer.state.log_history)
             final = save_adapter_and_merge(train_model, out_dir / "adapter") if lora else model
+            if "temperature" in metrics:  # the saved logits are the calibrated ones
+                fold_temperature(final, metrics["temperature"])
             if threshold is not None:  # argmax of the saved model is the thresholded decision
                 fold_threshold(final, threshold, positive)
             pretrained = model_args.weights == "pretrained"

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import torch
-from conftest import scaled_tiny_model
+from conftest import run_train, scaled_tiny_model
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 
 from hf_spam.arguments import parse_args
@@ -13,7 +18,7 @@ from hf_spam.errors import HfSpamError
 from hf_spam.evaluation import check_decision, scores, softmax
 from hf_spam.metrics import choose_threshold, decide, expected_calibration_error, probability_scores
 from hf_spam.model_card import model_card
-from hf_spam.operating_point import fold_threshold
+from hf_spam.operating_point import fit_temperature, fold_temperature, fold_threshold
 from hf_spam.plots import plot_operating_curves
 
 
@@ -160,3 +165,59 @@ def test_folded_threshold_makes_argmax_the_thresholded_decision(positive):
     assert np.allclose(odds(after[:, positive]), odds(before[:, positive]) / odds(t), rtol=1e-3)
     with pytest.raises(HfSpamError, match="no finite log-odds"):
         fold_threshold(model, 1.0, positive)
+
+
+PIPELINE_LABELS = textwrap.dedent("""
+    import json, sys
+    from transformers import pipeline
+    clf = pipeline("text-classification", model=sys.argv[1], trust_remote_code=True, device="cpu")
+    print(json.dumps({"labels": [r["label"] for r in clf(json.loads(sys.argv[2]), batch_size=16)],
+                      "hf_spam_imported": "hf_spam" in sys.modules}))
+""")
+
+
+def test_threshold_chosen_on_validation_is_baked_into_the_saved_model(tmp_path, sms_file):
+    out = tmp_path / "run"
+    result = run_train(["--config", "configs/tiny.yaml", "--data_file", str(sms_file), "--natural_balance", "true",
+                        "--max_false_positive_rate", "0.2", "--max_train_samples", "200", "--max_eval_samples", "300",
+                        "--max_test_samples", "300", "--num_train_epochs", "1", "--do_predict", "true",
+                        "--disable_tqdm", "true", "--output_dir", str(out)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    t = metrics["decision_threshold"]
+    assert metrics["threshold_max_false_positive_rate"] == 0.2 and metrics["validation_false_positive_rate"] <= 0.2
+    assert json.loads((out / "config.json").read_text())["decision_threshold"] == t
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    p = np.array([r["probabilities"]["spam"] for r in rows])  # the unshifted probabilities
+    spam, decided = np.array([r["label"] == "spam" for r in rows]), p >= t
+    assert [r["predicted"] == "spam" for r in rows] == decided.tolist()
+    assert metrics["test_precision"] == pytest.approx(spam[decided].mean())
+    assert metrics["test_recall"] == pytest.approx(decided[spam].mean())
+    assert metrics["test_false_positive_rate"] == pytest.approx(decided[~spam].mean())
+    proc = subprocess.run([sys.executable, "-c", PIPELINE_LABELS, str(out), json.dumps([r["text"] for r in rows])],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["hf_spam_imported"] is False
+    clear = np.abs(p - t) > 1e-5  # a float32 tie at the threshold itself may go either way
+    assert (np.array(got["labels"]) == np.where(decided, "spam", "ham"))[clear].all()
+    assert (out / "roc-curve.png").is_file() and (out / "calibration.png").is_file()
+
+
+def test_temperature_lowers_the_log_loss_of_an_over_confident_model():
+    model = scaled_tiny_model(5, num_labels=3)  # head scaled by 10: confident, and its labels only partly right
+    ids = torch.randint(0, model.config.vocab_size, (300, 12), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits.numpy()
+    rng = np.random.default_rng(5)
+    labels = np.where(rng.random(300) < 0.6, logits.argmax(1), rng.integers(0, 3, 300))
+    t = fit_temperature(logits, labels)
+    assert t > 1  # over-confident: softened
+    before, after = log_loss(labels, softmax(logits), labels=range(3)), log_loss(labels, softmax(logits / t),
+                                                                                  labels=range(3))
+    assert after < before
+    for other in (t * 0.8, t * 1.25):  # a minimum, not just lower
+        assert log_loss(labels, softmax(logits / other), labels=range(3)) > after
+    with torch.no_grad():
+        folded = fold_temperature(model, t)(input_ids=ids).logits.numpy()
+    assert model.config.temperature == t and np.allclose(softmax(folded), softmax(logits / t), atol=1e-5)
