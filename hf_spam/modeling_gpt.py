@@ -76,7 +76,7 @@ class GPTSpamConfig(PretrainedConfig):
         decision_threshold (`float`, *optional*): set by training with a threshold (two labels): the positive
             class's probability it decides at, already folded into the head's bias (`b_pos -= log(t / (1 - t))`), so
             argmax is that decision and the positive score crosses 0.5 exactly at `t`; a record, nothing reads it.
-        temperature (`float`, *optional*): set by `--calibrate temperature`: the temperature the head's weights and
+        calibration_temperature (`float`, *optional*): set by `--calibrate temperature`: what the head's weights and
             bias were already divided by (before any threshold shift); a record, nothing reads it.
     """
 

@@ -21,12 +21,12 @@ def fit_temperature(logits: Any, labels: Any) -> float:
 
 
 def fold_temperature(model: Any, temperature: float) -> Any:
-    """Divide ``model``'s head (weights and bias) by ``temperature``: its logits become ``logits / T``; recorded as
-    ``config.temperature``. Fold before ``fold_threshold``. Returns ``model``."""
+    """Divide ``model``'s head (weights and bias) by ``temperature``, so its logits become ``logits / T``; recorded as
+    ``config.calibration_temperature`` (``temperature`` means sampling to transformers). Fold before the threshold."""
     with torch.no_grad():
         model.gpt.out_head.weight.div_(temperature)
         model.gpt.out_head.bias.div_(temperature)
-    model.config.temperature = float(temperature)
+    model.config.calibration_temperature = float(temperature)
     return model
 
 

@@ -220,4 +220,4 @@ def test_temperature_lowers_the_log_loss_of_an_over_confident_model():
         assert log_loss(labels, softmax(logits / other), labels=range(3)) > after
     with torch.no_grad():
         folded = fold_temperature(model, t)(input_ids=ids).logits.numpy()
-    assert model.config.temperature == t and np.allclose(softmax(folded), softmax(logits / t), atol=1e-5)
+    assert model.config.calibration_temperature == t and np.allclose(softmax(folded), softmax(logits / t), atol=1e-5)
