@@ -176,19 +176,22 @@ PIPELINE_LABELS = textwrap.dedent("""
 """)
 
 
-def test_threshold_chosen_on_validation_is_baked_into_the_saved_model(tmp_path, sms_file):
+def test_calibration_and_threshold_are_baked_into_the_saved_model(tmp_path, sms_file):
     out = tmp_path / "run"
     result = run_train(["--config", "configs/tiny.yaml", "--data_file", str(sms_file), "--natural_balance", "true",
-                        "--max_false_positive_rate", "0.2", "--max_train_samples", "200", "--max_eval_samples", "300",
+                        "--max_false_positive_rate", "0.2", "--calibrate", "temperature", "--max_train_samples", "200",
+                        "--max_eval_samples", "300",
                         "--max_test_samples", "300", "--num_train_epochs", "1", "--do_predict", "true",
                         "--disable_tqdm", "true", "--output_dir", str(out)])
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     t = metrics["decision_threshold"]
     assert metrics["threshold_max_false_positive_rate"] == 0.2 and metrics["validation_false_positive_rate"] <= 0.2
-    assert json.loads((out / "config.json").read_text())["decision_threshold"] == t
+    config = json.loads((out / "config.json").read_text())
+    assert config["decision_threshold"] == t and config["calibration_temperature"] == metrics["temperature"]
+    assert metrics["validation_log_loss"] <= metrics["validation_log_loss_uncalibrated"]
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    p = np.array([r["probabilities"]["spam"] for r in rows])  # the unshifted probabilities
+    p = np.array([r["probabilities"]["spam"] for r in rows])  # calibrated, without the threshold shift
     spam, decided = np.array([r["label"] == "spam" for r in rows]), p >= t
     assert [r["predicted"] == "spam" for r in rows] == decided.tolist()
     assert metrics["test_precision"] == pytest.approx(spam[decided].mean())
