@@ -96,7 +96,8 @@ def test_scoring_a_trained_folder_without_training(runs, tmp_path, sms_file):
                         str(out), "--do_train", "false", "--do_eval", "true", "--do_predict", "true",
                         "--disable_tqdm", "true"])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["confusion-matrix.png", "metrics.json", "predictions.jsonl",
+    assert sorted(p.name for p in out.iterdir()) == ["calibration.png", "confusion-matrix.png", "metrics.json",
+                                                     "precision-recall.png", "predictions.jsonl", "roc-curve.png",
                                                      "train.log"]
     before, after = (json.loads((f / "metrics.json").read_text()) for f in (runs["last_120"], out))
     for key in ("train_accuracy", "validation_accuracy", "test_accuracy", "test_f1", "test_examples"):
@@ -204,6 +205,9 @@ README_FLAGS = {
     "--dataset_name": "Hub id or folder", "--train_file": "files", "--text_column": "columns",
     "--label_column": "columns", "--label_names": "label names", "--max_train_samples": "quick runs",
     "--positive_label": "two labels", "--feature_dtype": "half the disk", "--feature_cache_dir": "cache list",
+    # the operating point: tested in test_operating_point.py
+    "--decision_threshold": "decisions", "--max_false_positive_rate": "threshold", "--min_precision": "threshold",
+    "--calibrate": "temperature",
 }
 
 
