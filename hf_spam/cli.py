@@ -117,7 +117,8 @@ def evaluate(args: argparse.Namespace) -> None:
     data = labelled_file_data(args.labelled_file, given) if args.labelled_file else \
         split_data(DataArguments(**as_trained(args.model, given)).source_settings, args.split)
     evaluate_classifier(_classifier(args), data, args.model, positive_label=args.positive_label,
-                        batch_size=args.batch_size, output_dir=args.output_dir)
+                        batch_size=args.batch_size, output_dir=args.output_dir,
+                        decision_threshold=args.decision_threshold)
 
 
 def export(args: argparse.Namespace) -> None:
@@ -275,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk_size", type=int, default=1024, help="lines read and sorted at a time; bounds memory")
     p.set_defaults(func=predict)
 
-    p = sub.add_parser("evaluate", help="accuracy, precision, recall, F1, per class and a confusion matrix",
+    p = sub.add_parser("evaluate", help="accuracy, precision, recall, F1, ROC AUC, calibration, per class and a "
+                       "confusion matrix",
                        description="Score a model on a split it never trained on: the test split (or --split "
                        "validation) of the data cut exactly as its training run cut it (the SMS collection, or your "
                        "data with training's data flags; the cut's settings come from the model's "
@@ -291,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name}", *aliases, default=None, help=helps[name], **kind.get(name, {}))
     p.add_argument("--labelled_file", help="file of 'ham|spam<TAB>text' lines: evaluate on all of them")
     p.add_argument("--split", choices=["test", "validation"], default="test", help="the split scored (default test)")
+    p.add_argument("--decision_threshold", type=float, default=None,
+                   help="two labels: decide the positive class when its probability (before any threshold the model "
+                   "has folded in) is at least this; re-scores without retraining (default: the model's own decision)")
     p.add_argument("--output_dir", help="write eval_metrics.json and confusion-matrix.png here")
     p.set_defaults(func=evaluate)
 

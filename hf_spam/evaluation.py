@@ -19,11 +19,14 @@ from .metrics import (
     compute_metrics,
     confusion_matrix,
     decide,
+    log_odds,
     per_class,
     positive_index,
+    positive_log_odds,
+    probability,
     probability_scores,
 )
-from .operating_point import fit_temperature
+from .operating_point import fit_temperature, unfolded_logits
 from .plots import plot_confusion_matrix
 from .sources import load_data
 
@@ -42,8 +45,8 @@ def scores(predicted: Any, truth: Any, labels: list[str], positive: int = 1) -> 
 
 
 def softmax(logits: Any) -> np.ndarray:
-    """Each row's class probabilities (float32 softmax, as the model's pipeline gives them)."""
-    return torch.softmax(torch.as_tensor(logits, dtype=torch.float32), dim=-1).numpy()
+    """Each row's class probabilities, in float64 (a float32 softmax rounds confident rows to exactly 1)."""
+    return torch.softmax(torch.as_tensor(np.asarray(logits), dtype=torch.float64), dim=-1).numpy()
 
 
 def evaluate_splits(trainer: Any, splits: dict[str, Any], label_names: list[str], positive: int = 1,
@@ -63,14 +66,14 @@ def evaluate_splits(trainer: Any, splits: dict[str, Any], label_names: list[str]
             raise HfSpamError("--calibrate temperature: fitted on the validation split, which is not scored")
         out["temperature"] = fit_temperature(logits["validation"], results["validation"].label_ids)
         for name in logits:
-            before = probability_scores(softmax(logits[name]), results[name].label_ids, logits[name].argmax(-1))
+            before = probability_scores(softmax(logits[name]), results[name].label_ids, decide(logits[name]))
             out.update({f"{name}_{key}_uncalibrated": before[key] for key in ("log_loss", "ece")})
             logits[name] = logits[name] / out["temperature"]
     threshold, chosen = decision_threshold(decision or {}, logits, results, label_names, positive)
     out.update(chosen)
     for name, result in results.items():
         probabilities = softmax(logits[name])
-        predicted = decide(probabilities, positive, threshold)
+        predicted = decide(logits[name], positive, threshold)
         out.update({f"{name}_{key}": value for key, value in
                     {**scores(predicted, result.label_ids, label_names, positive),
                      **probability_scores(probabilities, result.label_ids, predicted, positive)}.items()})
@@ -89,29 +92,30 @@ def check_decision(decision: dict[str, float | None], label_names: list[str]) ->
 
 def decision_threshold(decision: dict[str, float | None], logits: dict[str, np.ndarray], results: dict[str, Any],
                        label_names: list[str], positive: int) -> tuple[float | None, dict[str, Any]]:
-    """The threshold ``decision`` asks for (``None``: argmax) and how it was set, as ``metrics.json`` keys."""
+    """The threshold ``decision`` asks for, as the positive class's log-odds (``None``: argmax), and how it was set,
+    as ``metrics.json`` keys: ``decision_threshold`` (its probability), ``decision_log_odds`` and the target."""
     if not check_decision(decision, label_names):
         return None, {}
     (flag, value), = check_decision(decision, label_names).items()
     if flag == "decision_threshold":
-        return value, {"decision_threshold": value}
+        return log_odds(value), {"decision_threshold": value, "decision_log_odds": log_odds(value)}
     if "validation" not in logits:
         raise HfSpamError(f"--{flag}: chosen on the validation split, which is not scored (keep --do_eval true)")
-    threshold = choose_threshold(softmax(logits["validation"])[:, positive],
+    threshold = choose_threshold(positive_log_odds(logits["validation"], positive),
                                  results["validation"].label_ids == positive, **{flag: value})
-    return threshold, {"decision_threshold": threshold, f"threshold_{flag}": value}
+    return threshold, {"decision_threshold": probability(threshold), "decision_log_odds": threshold,
+                       f"threshold_{flag}": value}
 
 
 def write_predictions(path: Path, texts: list[str], labels: list[int], logits: np.ndarray,
                       id2label: dict[int, str], positive: int = 1, threshold: float | None = None) -> Path:
-    """``predictions.jsonl``: per example its text, true and predicted label (at ``threshold``, see ``decide``) and
-    each label's probability (the model's softmax before any threshold is applied)."""
+    """``predictions.jsonl``: per example its text, true and predicted label (at ``threshold``, a log-odds, see
+    ``decide``) and each label's probability (the model's softmax before any threshold is applied)."""
     probabilities = softmax(logits)
     names = [id2label[i] for i in range(len(id2label))]
     lines = [json.dumps({"text": text, "label": names[label], "predicted": names[int(k)],
                          "probabilities": dict(zip(names, p))}, ensure_ascii=False)
-             for text, label, p, k in zip(texts, labels, probabilities.tolist(),
-                                          decide(probabilities, positive, threshold))]
+             for text, label, p, k in zip(texts, labels, probabilities.tolist(), decide(logits, positive, threshold))]
     return write_text(path, "".join(line + "\n" for line in lines))
 
 
@@ -169,12 +173,20 @@ def split_data(settings: dict[str, Any], split: str) -> Data:
 
 
 def format_report(record: dict[str, Any], positive: int = 1) -> str:
-    """``hf-spam evaluate``'s printout of ``evaluate_classifier``'s record: metrics, per class, confusion matrix."""
+    """``hf-spam evaluate``'s printout of ``evaluate_classifier``'s record: the decision, metrics, ranking and
+    calibration scores, per class, confusion matrix."""
     labels, cm = record["confusion_matrix"]["labels"], record["confusion_matrix"]["rows_true_columns_predicted"]
     width, two, scored = max(8, *(len(name) + 2 for name in labels)), len(labels) == 2, ("precision", "recall", "f1")
     lines = [f"Model {record['model']} on {record['data']}", *([f"Positive class: {labels[positive]}"] * two)]
+    if record.get("decision_threshold") is not None:
+        lines.append(f"Decision: {labels[positive]} when its probability is at least "
+                     f"{record['decision_threshold']:.6g} ({record['decision']})")
     keys = ("accuracy", *(("" if two else "macro_") + k for k in scored))  # two labels: the positive class's
-    lines += [f"  {key:<16} {record[key] * 100:6.2f}%" for key in keys]
+    lines += [f"  {key:<20} {record[key] * 100:6.2f}%" for key in keys]
+    if two:
+        lines.append(f"  {'false_positive_rate':<20} {record['false_positive_rate'] * 100:6.2f}%")
+    lines += [f"  {key:<20} " + ("n/a" if record[key] is None else f"{record[key]:.4f}")
+              for key in ("roc_auc", "average_precision", "log_loss", "brier_score", "ece")]
     lines.append("Per class" + " " * (width - 9) + "".join(f"{k:>11}" for k in (*scored, "examples")))
     lines += [f"{label:<{width}}" + "".join(f"{row[k] * 100:10.2f}%" for k in scored) + f"{row['support']:>11}"
               for label, row in record["per_class"].items()]
@@ -184,18 +196,45 @@ def format_report(record: dict[str, Any], positive: int = 1) -> str:
     return "\n".join(lines)
 
 
+def model_decision(config: Any, labels: list[str], positive_label: str | None,
+                   decision_threshold: float | None) -> tuple[int, float | None, str]:
+    """How ``hf-spam evaluate`` decides: the positive class, the threshold as a log-odds (``None``: argmax) and
+    where it comes from: ``--decision_threshold`` (re-scoring without retraining), else the threshold folded into
+    the saved head, else argmax."""
+    folded = getattr(config, "decision_log_odds", None)
+    if decision_threshold is not None:
+        check_decision({"decision_threshold": decision_threshold}, labels)
+        if not 0 < decision_threshold < 1:
+            raise HfSpamError(f"--decision_threshold {decision_threshold}: expected a probability strictly between "
+                              "0 and 1")
+        return positive_index(labels, positive_label), log_odds(decision_threshold), "re-scored with " \
+            "--decision_threshold"
+    if folded is None:
+        return positive_index(labels, positive_label), None, "argmax"
+    if positive_label not in (None, config.decision_label):
+        raise HfSpamError(f"--positive_label {positive_label}: the model's folded threshold is of "
+                          f"{config.decision_label}; leave the flag out, or re-score with --decision_threshold")
+    return labels.index(config.decision_label), folded, "the model's own, folded into its head"
+
+
 def evaluate_classifier(classifier: Any, data: Data, model: str, *, positive_label: str | None = None,
-                        batch_size: int = 64, output_dir: str | None = None) -> dict[str, Any]:
-    """``hf-spam evaluate``: score ``classifier`` (a ``SpamClassifier`` of ``model``) on ``data``, print the
-    report and, with ``output_dir``, write ``eval_metrics.json`` and ``confusion-matrix.png`` there; returns what
-    ``eval_metrics.json`` holds."""
+                        batch_size: int = 64, output_dir: str | None = None,
+                        decision_threshold: float | None = None) -> dict[str, Any]:
+    """``hf-spam evaluate``: score ``classifier`` (a ``SpamClassifier`` of ``model``) on ``data``, with the ranking
+    and calibration scores of its probabilities (those before any folded threshold shift) and its decisions (at
+    ``model_decision``'s threshold), print the report and, with ``output_dir``, write ``eval_metrics.json`` and
+    ``confusion-matrix.png`` there; returns what ``eval_metrics.json`` holds."""
     texts, truth, labels, source = data
     if classifier.names != labels:
         raise HfSpamError(f"--model {model}: its labels {', '.join(classifier.names)} differ from the data's "
                           f"{', '.join(labels)} (name integer labels with --label_names)")
-    positive = positive_index(labels, positive_label)
-    predicted = [labels.index(r["label"]) for r in classifier.predict_labels(texts, batch_size=batch_size)]
-    result = scores(predicted, truth, labels, positive)
+    positive, threshold, how = model_decision(classifier.config, labels, positive_label, decision_threshold)
+    logits = unfolded_logits(classifier.logits_of(classifier.encode(texts), batch_size).numpy(), classifier.config)
+    predicted = decide(logits, positive, threshold)
+    result = {**scores(predicted, truth, labels, positive),
+              **probability_scores(softmax(logits), truth, predicted, positive)}
+    if threshold is not None:
+        result.update(decision_threshold=probability(threshold), decision_log_odds=threshold, decision=how)
     cm, classes = result.pop("confusion_matrix"), result.pop("per_class")
     model_name = Path(model).name if Path(model).is_dir() else model
     record = {**result, "model": model_name, "data": source, "per_class": classes,

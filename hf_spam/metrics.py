@@ -9,6 +9,7 @@ has always reported them with spam positive. ``per_class`` and ``confusion_matri
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import datasets
@@ -112,23 +113,43 @@ def probability_scores(probabilities: Any, references: Any, predictions: Any, po
     return out
 
 
-def decide(probabilities: Any, positive: int = 1, threshold: float | None = None) -> np.ndarray:
-    """Each row's label: the most probable, or (two labels, ``threshold``) ``positive`` when its probability is at
-    least ``threshold``."""
-    p = np.asarray(probabilities)
-    return p.argmax(axis=1) if threshold is None else np.where(p[:, positive] >= threshold, positive, 1 - positive)
+def positive_log_odds(logits: Any, positive: int = 1) -> np.ndarray:
+    """Two labels: the log-odds of ``positive`` (its logit minus the other's, in float64). Thresholds are set and
+    applied on it: unlike a float32 probability it never saturates at 1, and it is what the head's bias shifts."""
+    z = np.asarray(logits, dtype=np.float64)
+    return z[:, positive] - z[:, 1 - positive]
 
 
-def choose_threshold(positive_probability: Any, is_positive: Any, *, max_false_positive_rate: float | None = None,
+def log_odds(probability: float) -> float:
+    """``log(p / (1 - p))``: the log-odds at which the positive class's probability is ``probability``."""
+    return math.log(probability / (1 - probability))
+
+
+def probability(log_odds_value: float) -> float:
+    """The positive class's probability at ``log_odds_value`` (float64 logistic)."""
+    return 1 / (1 + math.exp(-log_odds_value)) if log_odds_value > -700 else 0.0
+
+
+def decide(logits: Any, positive: int = 1, threshold: float | None = None) -> np.ndarray:
+    """Each row's label: the most probable, or (two labels, ``threshold`` a log-odds) ``positive`` when its
+    log-odds is at least ``threshold`` (its probability at least ``probability(threshold)``)."""
+    z = np.asarray(logits)
+    return z.argmax(axis=1) if threshold is None else \
+        np.where(positive_log_odds(z, positive) >= threshold, positive, 1 - positive)
+
+
+def choose_threshold(score: Any, is_positive: Any, *, max_false_positive_rate: float | None = None,
                      min_precision: float | None = None) -> float:
-    """The threshold (decide positive at ``p >= t``) with the largest recall whose false-positive rate is at most
-    ``max_false_positive_rate`` (or whose precision is at least ``min_precision``), ties to the higher threshold;
-    an ``HfSpamError`` when none catches a positive within the target."""
+    """The threshold on ``score`` (decide positive at ``score >= t``; any score that ranks like the positive
+    probability) with the largest recall whose false-positive rate is at most ``max_false_positive_rate`` (or whose
+    precision is at least ``min_precision``), ties to the higher threshold. It is placed halfway between the lowest
+    score it decides positive and the next lower score, so no example sits on the boundary, where float rounding in
+    another runtime could flip it. An ``HfSpamError`` when no threshold catches a positive within the target."""
     from sklearn.metrics import roc_curve
 
-    p, y = np.asarray(positive_probability, dtype=float), np.asarray(is_positive, dtype=bool)
-    fpr, recall, thresholds = roc_curve(y, p, drop_intermediate=False)
-    decided = np.array([(p >= t).sum() for t in thresholds])
+    s, y = np.asarray(score, dtype=np.float64), np.asarray(is_positive, dtype=bool)
+    fpr, recall, thresholds = roc_curve(y, s, drop_intermediate=False)  # every distinct score, falling
+    decided = np.array([(s >= t).sum() for t in thresholds])
     precision = np.divide(recall * y.sum(), decided, out=np.ones_like(recall), where=decided > 0)
     flag, target = (("max_false_positive_rate", max_false_positive_rate) if max_false_positive_rate is not None
                     else ("min_precision", min_precision))
@@ -137,4 +158,5 @@ def choose_threshold(positive_probability: Any, is_positive: Any, *, max_false_p
         raise HfSpamError(f"--{flag} {target}: no threshold meets it on the validation split ({len(y)} rows, "
                           f"{int(y.sum())} positive); loosen the target")
     best = np.flatnonzero(meets & (recall == recall[meets].max()))[0]  # thresholds fall: the first is the highest
-    return float(thresholds[best])
+    lowest, below = thresholds[best], thresholds[best + 1] if best + 1 < len(thresholds) else None
+    return float((lowest + below) / 2 if below is not None else lowest - 1.0)

@@ -73,9 +73,10 @@ class GPTSpamConfig(PretrainedConfig):
         pad_token_id (`int`, defaults to 50256): GPT-2's `<|endoftext|>`, used as padding.
         padded_length (`int`, *optional*): the length training padded every text to (the chapter: the longest
             training text), or `None` (each batch padded to its longest text); only `trained_shape` acts on it.
-        decision_threshold (`float`, *optional*): set by training with a threshold (two labels): the positive
-            class's probability it decides at, already folded into the head's bias (`b_pos -= log(t / (1 - t))`), so
-            argmax is that decision and the positive score crosses 0.5 exactly at `t`; a record, nothing reads it.
+        decision_log_odds / decision_threshold / decision_label (*optional*): set by training with a threshold (two
+            labels): the log-odds `d` of class `decision_label` it decides at (and its probability `t`), folded into
+            the head's bias (`b_pos -= d`), so argmax is that decision and the positive score crosses 0.5 exactly at
+            `t`; records, nothing reads them.
         calibration_temperature (`float`, *optional*): set by `--calibrate temperature`: what the head's weights and
             bias were already divided by (before any threshold shift); a record, nothing reads it.
     """

@@ -50,15 +50,21 @@ def inexpressible(config: GPTSpamConfig) -> str | None:
     return None
 
 
+# What training folded into the head (``hf_spam.operating_point``): kept as records in the native config too.
+FOLDED = ("calibration_temperature", "decision_threshold", "decision_log_odds", "decision_label")
+
+
 def gpt2_config(config: GPTSpamConfig) -> GPT2Config:
-    """GPT-2's config for the sizes, labels, dropout and padding of an hf-spam model's config."""
+    """GPT-2's config for the sizes, labels, dropout and padding of an hf-spam model's config, with the records
+    of what was folded into its head."""
+    folded = {key: getattr(config, key) for key in FOLDED if getattr(config, key, None) is not None}
     return GPT2Config(vocab_size=config.vocab_size, n_positions=config.context_length, n_embd=config.emb_dim,
                       n_layer=config.n_layers, n_head=config.n_heads, activation_function="gelu_new",
                       resid_pdrop=config.drop_rate, embd_pdrop=config.drop_rate, attn_pdrop=config.drop_rate,
                       layer_norm_epsilon=config.layer_norm_eps, initializer_range=config.initializer_range,
                       pad_token_id=config.pad_token_id, bos_token_id=config.pad_token_id,  # <|endoftext|>: all three
                       eos_token_id=config.pad_token_id, id2label={int(k): v for k, v in config.id2label.items()},
-                      label2id=dict(config.label2id))
+                      label2id=dict(config.label2id), **folded)
 
 
 def to_gpt2_classifier(model: GPTSpamForSequenceClassification, source: str = "model") -> GPT2ForSequenceClassification:

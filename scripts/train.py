@@ -138,11 +138,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     #    decides two labels; no threshold meeting the target ends the run here, before anything is saved.
     metrics, logits = evaluate_splits(trainer, {split: data[split] for split in splits}, labels, positive, decision,
                                       args.calibrate)
-    threshold = metrics.get("decision_threshold")
+    threshold = metrics.get("decision_log_odds")  # the positive class's log-odds; its probability: decision_threshold
     if threshold is not None and "test_precision" in metrics:
-        logger.info("Decision threshold %.6g (%s probability); test precision %.4f, recall %.4f, false-positive "
-                    "rate %.4f", threshold, labels[positive], metrics["test_precision"], metrics["test_recall"],
-                    metrics["test_false_positive_rate"])
+        logger.info("Decision threshold %.6g (%s probability; log-odds %.4g); test precision %.4f, recall %.4f, "
+                    "false-positive rate %.4f", metrics["decision_threshold"], labels[positive], threshold,
+                    metrics["test_precision"], metrics["test_recall"], metrics["test_false_positive_rate"])
     metrics.update(label_names=labels, **({"positive_label": labels[positive]} if len(labels) == 2 else {}),
                    train_runtime_seconds=time.time() - started, trainable_parameters=trainable,
                    total_parameters=total, device=str(args.device), device_name=describe_device(args.device),
@@ -160,10 +160,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "test_confusion_matrix" in metrics:
             plot_confusion_matrix(metrics["test_confusion_matrix"], labels, out_dir / "confusion-matrix.png",
                                   f"test split ({metrics['test_examples']} examples)")
-            probabilities = softmax(logits["test"])
-            plot_operating_curves(probabilities, raw["test"]["label"], decide(probabilities, positive, threshold),
-                                  labels, positive, out_dir, f"test split ({metrics['test_examples']} examples)",
-                                  0.5 if threshold is None else threshold)
+            decided = decide(logits["test"], positive, threshold)
+            plot_operating_curves(softmax(logits["test"]), raw["test"]["label"], decided, labels, positive, out_dir,
+                                  f"test split ({metrics['test_examples']} examples)",
+                                  metrics.get("decision_threshold", 0.5))
         if args.do_predict:
             write_predictions(out_dir / "predictions.jsonl", raw["test"]["text"], raw["test"]["label"],
                               logits["test"], model.config.id2label, positive, threshold)
@@ -172,11 +172,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             logger.info("Scored %s; metrics in %s", model_args.model_name_or_path or "the model", out_dir)
         else:
             write_json(out_dir / "log_history.json", trainer.state.log_history)
-            final = save_adapter_and_merge(train_model, out_dir / "adapter") if lora else model
-            if "temperature" in metrics:  # the saved logits are the calibrated ones
-                fold_temperature(final, metrics["temperature"])
+            if "temperature" in metrics:  # the saved logits are the calibrated ones (LoRA: the adapter's head too)
+                fold_temperature(model, metrics["temperature"])
             if threshold is not None:  # argmax of the saved model is the thresholded decision
-                fold_threshold(final, threshold, positive)
+                fold_threshold(model, threshold, positive)
+            final = save_adapter_and_merge(train_model, out_dir / "adapter") if lora else model
             pretrained = model_args.weights == "pretrained"
             settings = run_summary({**vars(args), **vars(model_args), **vars(data_args)}, data_info)  # allow-listed
             save_model_folder(final, out_dir, metrics=metrics, settings=settings,
