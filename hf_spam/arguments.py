@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,6 +162,22 @@ class DataArguments:
                               "--padding dynamic nothing is padded (texts are cut to the context length)")
 
 
+def parse_class_weight(value: str) -> str | list[float]:
+    """``--class_weight``'s value: ``"balanced"``, ``"none"``, or the explicit weights ``w0,w1,...`` as floats
+    (each positive and finite); anything else is an ``HfSpamError`` naming the flag."""
+    text = str(value).strip()
+    if text in ("balanced", "none"):
+        return text
+    try:
+        weights = [float(part) for part in text.split(",")]
+    except ValueError:
+        weights = []
+    if not weights or not all(math.isfinite(w) and w > 0 for w in weights):
+        raise HfSpamError(f"--class_weight {value}: expected balanced, none, or one positive number per label, "
+                          "comma-separated in label order (e.g. 1,4)")
+    return weights
+
+
 # How a two-label model decides: a threshold, or a target it is chosen for on the validation split.
 DECISION_FLAGS = ("decision_threshold", "max_false_positive_rate", "min_precision")
 
@@ -199,6 +216,9 @@ class SpamTrainingArguments(TrainingArguments):
         "help": "Two labels: the threshold with the largest validation recall at a false-positive rate <= this."})
     min_precision: float | None = field(default=None, metadata={
         "help": "Two labels: the threshold with the largest validation recall at a precision >= this."})
+    class_weight: str = field(default="none", metadata={
+        "help": "Weighted cross-entropy: balanced (n_samples / (n_classes * count) of each class in the training "
+        "split), none, or one weight per label, comma-separated in label order (e.g. 1,4)."})
     # transformers' --label_names (the input keys holding labels: always "labels" here) gives way to the data's
     # --label_names (the names of the classes).
     label_names: list[str] | None = field(default=None, init=False)
@@ -219,6 +239,12 @@ class SpamTrainingArguments(TrainingArguments):
         for name in given:
             if not 0 <= getattr(self, name) <= 1 or name == "decision_threshold" and getattr(self, name) in (0, 1):
                 raise HfSpamError(f"--{name}: expected a probability between 0 and 1, got {getattr(self, name)}")
+        if parse_class_weight(self.class_weight) != "none":
+            if self.label_smoothing_factor:
+                raise HfSpamError("--class_weight with --label_smoothing_factor: Trainer's label smoothing replaces "
+                                  "the model's weighted loss; use one of the two")
+            if not self.do_train:
+                raise HfSpamError("--class_weight: weights the training loss, and --do_train is false")
         if not self.output_dir:
             raise HfSpamError("--output_dir: required (where the model, metrics and plots are written)")
         for name in ("cpu_threads", "per_device_train_batch_size", "per_device_eval_batch_size",

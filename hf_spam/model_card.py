@@ -25,7 +25,7 @@ SUMMARY_FIELDS = (
     "max_test_samples", "learning_rate", "weight_decay", "lr_scheduler_type", "warmup_steps", "num_train_epochs",
     "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
     "dataloader_drop_last", "seed", "eval_steps", "bf16", "fp16", "optim", "cache_features", "feature_dtype",
-    "decision_threshold", "max_false_positive_rate", "min_precision", "calibrate",
+    "decision_threshold", "max_false_positive_rate", "min_precision", "calibrate", "class_weight",
 )
 # Kept too when the data is the user's (a Hub dataset's id only: a local path stays private).
 USER_DATA_FIELDS = ("dataset_name", "dataset_config_name", "text_column", "label_column", "balance", "positive_label")
@@ -110,6 +110,7 @@ def model_card(config: Any, metrics: dict[str, Any], settings: dict[str, Any], i
         recipe=data.get("recipe"), splits=data.get("splits") or {}, made=data.get("made") or {},
         dataset_id=data.get("dataset_id"), dataset_config=data.get("dataset_config"), balance=data.get("balance"),
         labels=labels, positive=positive, settings=settings, results=results, ranking=ranking,
+        class_weights=metrics.get("class_weights"), class_weight=settings.get("class_weight"),
         threshold=metrics.get("decision_threshold"), temperature=metrics.get("temperature"), calibration=[
             [split, *(f"{metrics[f'{split}_{k}']:.4f}" for k in ("log_loss_uncalibrated", "log_loss",
                                                                  "ece_uncalibrated", "ece"))]

@@ -391,6 +391,9 @@ class GPTSpamForSequenceClassification(GPTSpamPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.gpt = GPTModel(config, out_dim=config.num_labels, out_bias=True)
+        # Training's per-class loss weights ([num_labels], set by the recipe's --class_weight), else None: a
+        # non-persistent buffer, so it follows the model's device but is never saved or loaded.
+        self.register_buffer("class_weights", None, persistent=False)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -490,9 +493,11 @@ class GPTSpamForSequenceClassification(GPTSpamPreTrainedModel):
         return input_ids, attention_mask
 
     def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
+        """Mean cross-entropy in float32, weighted by ``class_weights`` when set: ``sum(w_y * nll) / sum(w_y)``."""
         if labels is None:
             return None
-        return F.cross_entropy(logits.float(), labels.to(logits.device).long())
+        weight = None if self.class_weights is None else self.class_weights.to(logits.device, torch.float32)
+        return F.cross_entropy(logits.float(), labels.to(logits.device).long(), weight=weight)
 
     def forward(
         self,

@@ -3,12 +3,16 @@ accuracy and the metrics ``Trainer`` computes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
+from sklearn.utils.class_weight import compute_class_weight
 from transformers import Trainer, TrainerCallback
 
+from .arguments import parse_class_weight
+from .errors import HfSpamError
 from .metrics import compute_metrics
 
 
@@ -23,6 +27,25 @@ def set_trainable_layers(model: torch.nn.Module, choice: str) -> None:
     for module in [gpt.out_head, *([gpt.final_norm, *gpt.trf_blocks[-blocks:]] if blocks else [])]:
         for p in module.parameters():
             p.requires_grad = True
+
+
+def class_weights(choice: str, train_labels: Sequence[int], labels: list[str]) -> dict[str, float] | None:
+    """The loss's weight of each label (by name, in label order) for ``--class_weight``: ``None`` for ``none``;
+    ``balanced`` is scikit-learn's ``n_samples / (n_classes * count)`` over ``train_labels`` (label ids)."""
+    parsed = parse_class_weight(choice)
+    if parsed == "none":
+        return None
+    if parsed == "balanced":
+        y = np.asarray(train_labels, dtype=np.int64)
+        missing = [name for i, name in enumerate(labels) if not (y == i).any()]
+        if missing:
+            raise HfSpamError(f"--class_weight balanced: no training examples of {', '.join(missing)}; "
+                              "a weight per label cannot be derived (give the weights, or more --max_train_samples)")
+        parsed = compute_class_weight("balanced", classes=np.arange(len(labels)), y=y).tolist()
+    if len(parsed) != len(labels):
+        raise HfSpamError(f"--class_weight {choice}: {len(parsed)} weight(s) for {len(labels)} labels "
+                          f"({', '.join(labels)}); expected one per label, in that order")
+    return {name: float(w) for name, w in zip(labels, parsed)}
 
 
 class SpamTrainer(Trainer):

@@ -37,7 +37,13 @@ from hf_spam.run_folder import HistoryLogCallback, logger, prepare_output_dir, r
 from hf_spam.sources import load_data
 from hf_spam.starting_model import build_model, is_trained_classifier
 from hf_spam.tokenization import build_hf_tokenizer, tokenize_splits
-from hf_spam.trainer import EpochAccuracyCallback, SpamTrainer, classification_metrics, set_trainable_layers
+from hf_spam.trainer import (
+    EpochAccuracyCallback,
+    SpamTrainer,
+    class_weights,
+    classification_metrics,
+    set_trainable_layers,
+)
 from hf_spam.weights import HUB_IDS
 
 
@@ -69,6 +75,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     labels = data_info["labels"]
     positive = positive_index(labels, data_args.positive_label)  # two labels: whose precision/recall/F1
     decision = check_decision({flag: getattr(args, flag) for flag in DECISION_FLAGS}, labels)  # two labels only
+    weights = class_weights(args.class_weight, raw["train"]["label"], labels)  # --class_weight: one per label
     if data_args.write_csv and args.process_index == 0:
         write_splits_csv(raw, out_dir)
 
@@ -81,6 +88,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if trained and [model.config.id2label[i] for i in range(model.config.num_labels)] != labels:
         raise HfSpamError(f"--model_name_or_path {model_args.model_name_or_path}: its labels "
                           f"{list(model.config.id2label.values())} differ from the data's {labels}")
+    if weights is not None:  # the weighted cross-entropy of compute_loss (also the cached suffix's); never saved
+        model.class_weights = torch.tensor(list(weights.values()), dtype=torch.float32)
+        logger.info("Class weights (%s): %s", args.class_weight, ", ".join(f"{k} {w:.4g}" for k, w in weights.items()))
 
     # 4. Tokenize with tiktoken's GPT-2 encoding, padded to the longest training text (or per batch); a trained
     #    folder is fed texts of the length it was trained on.
@@ -149,6 +159,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    cpu_threads=threads, num_processes=args.world_size)
     if result is not None:
         metrics["training_loss"] = result.training_loss
+    if weights is not None:
+        metrics["class_weights"] = weights
     if torch.cuda.is_available():
         metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
 

@@ -208,6 +208,8 @@ README_FLAGS = {
     # the operating point: tested in test_operating_point.py
     "--decision_threshold": "decisions", "--max_false_positive_rate": "threshold", "--min_precision": "threshold",
     "--calibrate": "temperature",
+    # class weights: tested in test_class_weights.py
+    "--class_weight": "weighted loss, recorded",
 }
 
 
