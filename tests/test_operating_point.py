@@ -338,3 +338,12 @@ def test_evaluate_reports_the_operating_point_and_re_scores(tuned_lora_run, sms_
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["evaluate", "--model", str(out), "--data_file", str(sms_file), "--decision_threshold", "1"])
     assert exit_info.value.code == 2 and "strictly between 0 and 1" in capsys.readouterr().err
+
+
+def test_the_natural_mix_recipe_is_the_chapter_fast_recipe_with_the_operating_point(root, tmp_path):
+    natural = parse_args(["--config", str(root / "configs" / "natural.yaml"), "--output_dir", str(tmp_path)])
+    fast = parse_args(["--config", str(root / "configs" / "seed_fast.yaml"), "--output_dir", str(tmp_path)])
+    assert natural[1].natural_balance and not fast[1].natural_balance
+    args = natural[2]
+    assert (args.class_weight, args.max_false_positive_rate, args.calibrate) == ("balanced", 0.005, "temperature")
+    assert vars(natural[0]) == vars(fast[0])  # the same model, pooling and trained layers as seed_fast.yaml
