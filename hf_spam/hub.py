@@ -13,6 +13,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
+import torch
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
 from huggingface_hub.utils import filter_repo_objects, get_token
@@ -45,7 +46,7 @@ def save_model_folder(model: Any, folder: str | os.PathLike, *, metrics: dict | 
         shutil.rmtree(leftover, ignore_errors=True)
     stage = Path(tempfile.mkdtemp(prefix=".stage-", dir=folder))
     try:
-        model.save_pretrained(stage, state_dict=state_dict)
+        (_unsharded(model) if state_dict is not None else model).save_pretrained(stage, state_dict=state_dict)
         config = json.loads((stage / "config.json").read_text(encoding="utf-8"))
         config.pop("_name_or_path", None)  # the local folder the model was loaded from
         write_json(stage / "config.json", config)
@@ -66,6 +67,19 @@ def save_model_folder(model: Any, folder: str | os.PathLike, *, metrics: dict | 
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return folder
+
+
+def _unsharded(model: Any) -> Any:
+    """The model's own class for saving an FSDP model's gathered ``state_dict``: FSDP2 swaps the class for one made
+    on the fly in torch's ``_fsdp_init``, which ``save_pretrained`` would name in ``auto_map`` (and copy torch's
+    files for). A weightless (meta-device) instance of the real class is saved with the gathered weights instead."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        return model
+    cls = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
+    with torch.device("meta"):
+        return cls(model.config)
 
 
 def _is_weights(name: str) -> bool:

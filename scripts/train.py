@@ -27,7 +27,7 @@ from hf_spam.evaluation import check_decision, evaluate_splits, format_accuracy_
 from hf_spam.feature_cache import prepare_cached_training
 from hf_spam.files import cache_dir, write_json
 from hf_spam.hub import push_folder_to_hub, save_model_folder
-from hf_spam.launch import configure_cpu_threads, configure_processes, describe_device, fsdp_enabled
+from hf_spam.launch import check_fsdp, configure_cpu_threads, configure_processes, describe_device
 from hf_spam.lora import apply_lora, save_adapter_and_merge
 from hf_spam.metrics import decide, positive_index
 from hf_spam.model_card import run_summary
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     push, args.push_to_hub = args.push_to_hub, False  # the Trainer would create the repo now; step 11 pushes
     if push and not args.hub_model_id:
         raise HfSpamError("--push_to_hub: also pass --hub_model_id NAME")
-    if (fsdp := fsdp_enabled(args)) and model_args.trainable_layers == "lora":
+    if (fsdp := check_fsdp(args)) and model_args.trainable_layers == "lora":
         raise HfSpamError("--trainable_layers lora: not supported with FSDP; use configs/accelerate/multi_gpu.yaml")
     if fsdp and (args.calibrate != "none" or any(getattr(args, flag) is not None for flag in DECISION_FLAGS)):
         raise HfSpamError("--calibrate/--decision_threshold/--max_false_positive_rate/--min_precision: not supported "
