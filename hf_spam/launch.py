@@ -100,6 +100,14 @@ def configure_cpu_threads(requested: int | None = None) -> int:
     return requested
 
 
+def describe_processes(args: TrainingArguments, threads: int) -> str:
+    """The run's processes, where they compute and their threads: ``2 process(es) (1 on this machine), CPU (x86_64,
+    2 threads), 2 PyTorch threads each``; the machine's share is named when the run spans several."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", args.world_size))
+    here = f" ({local} on this machine)" if local != args.world_size else ""
+    return f"{args.world_size} process(es){here}, {describe_device(args.device)}, {threads} PyTorch threads each"
+
+
 def describe_device(device: torch.device | str) -> str:
     """A short name of where a run computes (``NVIDIA H100 80GB HBM3``, ``CPU (x86_64, 2 threads)``)."""
     device = torch.device(device)

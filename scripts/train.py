@@ -27,7 +27,7 @@ from hf_spam.evaluation import check_decision, evaluate_splits, format_accuracy_
 from hf_spam.feature_cache import prepare_cached_training
 from hf_spam.files import cache_dir, write_json
 from hf_spam.hub import push_folder_to_hub, save_model_folder
-from hf_spam.launch import check_fsdp, configure_cpu_threads, configure_processes, describe_device
+from hf_spam.launch import check_fsdp, configure_cpu_threads, configure_processes, describe_device, describe_processes
 from hf_spam.lora import apply_lora, save_adapter_and_merge
 from hf_spam.metrics import decide, positive_index
 from hf_spam.model_card import run_summary
@@ -50,9 +50,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     hub_token, args.hub_token = args.hub_token, None  # pushed with at the end, never pickled into checkpoints
     out_dir = prepare_output_dir(args)
     resume = resume_target(args.resume_from_checkpoint, out_dir)
-    setup_logging(out_dir, is_main=args.process_index == 0, progress_bars=not args.disable_tqdm)
+    setup_logging(out_dir, is_main=args.process_index == 0, progress_bars=not args.disable_tqdm,
+                  node_main=args.local_process_index == 0)  # other machines' first processes: their stdout
     threads = configure_cpu_threads(args.cpu_threads)
-    logger.info("%d process(es), %s, %d PyTorch threads each", args.world_size, describe_device(args.device), threads)
+    logger.info("%s", describe_processes(args, threads))
     push, args.push_to_hub = args.push_to_hub, False  # the Trainer would create the repo now; step 11 pushes
     if push and not args.hub_model_id:
         raise HfSpamError("--push_to_hub: also pass --hub_model_id NAME")
