@@ -202,6 +202,9 @@ class SpamTrainingArguments(TrainingArguments):
     # transformers' --label_names (the input keys holding labels: always "labels" here) gives way to the data's
     # --label_names (the names of the classes).
     label_names: list[str] | None = field(default=None, init=False)
+    hub_strategy: str = field(default="end", metadata={
+        "help": "When the model is pushed (--push_to_hub): once, the finished folder, at the end (transformers' "
+        "every_save, checkpoint and all_checkpoints are refused)."})
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "Replace what an earlier run left in output_dir (otherwise a used folder is refused, unless "
         "--resume_from_checkpoint continues that run)."})

@@ -93,6 +93,9 @@ def check_model_folder(folder: str | os.PathLike) -> Path:
     path, expected = Path(folder), "expected a model folder written by training"
     if not path.is_dir():
         raise HfSpamError(f"{path}: not a folder; {expected}")
+    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        raise HfSpamError(f"{path}: a LoRA adapter folder; push the run's folder ({path.parent}), which holds the "
+                          f"merged model and this adapter as {path.name}/ (peft loads it with subfolder=)")
     for name in ("config.json", "tokenizer.json"):
         if not (path / name).is_file():
             raise HfSpamError(f"{path}: {name} is missing; {expected}")
