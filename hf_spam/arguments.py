@@ -231,6 +231,13 @@ class SpamTrainingArguments(TrainingArguments):
         for name in ("learning_rate", "seed", "weight_decay", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise HfSpamError(f"--{name}: expected a number >= 0, got {getattr(self, name)}")
+        for name in ("eval_steps", "save_steps", "logging_steps"):  # a count, or (below 1) a share of all the steps
+            if getattr(self, name) is not None and not getattr(self, name) >= 0:
+                raise HfSpamError(f"--{name}: expected a number of steps >= 0 (or a share of the training steps "
+                                  f"below 1), got {getattr(self, name):g}")
+        if self.max_steps < -1:
+            raise HfSpamError(f"--max_steps: expected a positive number of steps, or -1 for --num_train_epochs, got "
+                              f"{self.max_steps}")
         if self.max_steps <= 0 and not self.num_train_epochs > 0:
             raise HfSpamError(f"--num_train_epochs {self.num_train_epochs}: nothing would be trained; expected "
                               "a positive number of epochs (or --max_steps N)")

@@ -26,7 +26,7 @@ from hf_spam.errors import HfSpamError, run_main
 from hf_spam.evaluation import check_decision, evaluate_splits, format_accuracy_table, softmax, write_predictions
 from hf_spam.feature_cache import prepare_cached_training
 from hf_spam.files import cache_dir, write_json
-from hf_spam.hub import push_folder_to_hub, save_model_folder
+from hf_spam.hub import check_room_for_model_folder, push_folder_to_hub, save_model_folder
 from hf_spam.launch import check_fsdp, configure_cpu_threads, configure_processes, describe_device, describe_processes
 from hf_spam.lora import apply_lora, save_adapter_and_merge
 from hf_spam.metrics import decide, positive_index
@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     scale = model_args.lora_alpha / model_args.lora_rank
     logger.info("Trainable parameters: %s of %s (%.2f%%)%s", f"{trainable:,}", f"{total:,}", 100 * trainable / total,
                 f"; LoRA r={model_args.lora_rank}, update scale alpha/r={scale:g}" if lora else "")
+    if args.do_train and args.process_index == 0:  # the disk must hold the model folder, before any training
+        check_room_for_model_folder(out_dir, model, adapter=lora)
 
     # 6. Frozen-trunk feature cache: the frozen blocks run once per example, the Trainer trains the top.
     data, collator = tokenized, DataCollatorWithPadding(tokenizer)
