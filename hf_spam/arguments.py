@@ -222,6 +222,9 @@ class SpamTrainingArguments(TrainingArguments):
     # transformers' --label_names (the input keys holding labels: always "labels" here) gives way to the data's
     # --label_names (the names of the classes).
     label_names: list[str] | None = field(default=None, init=False)
+    hub_strategy: str = field(default="end", metadata={
+        "help": "When the model is pushed (--push_to_hub): once, the finished folder, at the end (transformers' "
+        "every_save, checkpoint and all_checkpoints are refused)."})
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "Replace what an earlier run left in output_dir (otherwise a used folder is refused, unless "
         "--resume_from_checkpoint continues that run)."})
@@ -254,6 +257,13 @@ class SpamTrainingArguments(TrainingArguments):
         for name in ("learning_rate", "seed", "weight_decay", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise HfSpamError(f"--{name}: expected a number >= 0, got {getattr(self, name)}")
+        for name in ("eval_steps", "save_steps", "logging_steps"):  # a count, or (below 1) a share of all the steps
+            if getattr(self, name) is not None and not getattr(self, name) >= 0:
+                raise HfSpamError(f"--{name}: expected a number of steps >= 0 (or a share of the training steps "
+                                  f"below 1), got {getattr(self, name):g}")
+        if self.max_steps < -1:
+            raise HfSpamError(f"--max_steps: expected a positive number of steps, or -1 for --num_train_epochs, got "
+                              f"{self.max_steps}")
         if self.max_steps <= 0 and not self.num_train_epochs > 0:
             raise HfSpamError(f"--num_train_epochs {self.num_train_epochs}: nothing would be trained; expected "
                               "a positive number of epochs (or --max_steps N)")

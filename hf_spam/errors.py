@@ -7,6 +7,8 @@ could not be obtained (offline without a cached copy, a download or a Hub call f
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +27,36 @@ class HfSpamError(ValueError):
 
 class UnavailableError(HfSpamError):
     """Something the run needs cannot be had here: offline and not cached, a failed download or Hub call."""
+
+
+class FileSystemError(OSError):
+    """A file could not be written (full disk, I/O error, no permission), whichever library met it: exit 1, and the
+    message (``strerror``) is the line printed."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+# File-system failures, by errno, and the messages that name them where a library (safetensors' Rust code:
+# "... No space left on device (os error 28)") raises no OSError.
+FILE_SYSTEM_ERRNOS = (errno.ENOSPC, errno.EIO, errno.EACCES, errno.EROFS, errno.EDQUOT)
+OS_ERROR_CODE = re.compile(r"\(os error (\d+)\)")
+
+
+def file_system_errno(err: BaseException | None) -> int | None:
+    """The errno of a file-system failure (ENOSPC, EIO, EACCES, EROFS, EDQUOT) that ``err`` is or was raised from,
+    read from ``errno`` or, failing that, from the message; ``None`` for any other exception."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if getattr(err, "errno", None) in FILE_SYSTEM_ERRNOS:
+            return err.errno  # type: ignore[attr-defined]
+        text = str(err)
+        for code in FILE_SYSTEM_ERRNOS:
+            if os.strerror(code) in text or any(int(c) == code for c in OS_ERROR_CODE.findall(text)):
+                return code
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def one_line(err: BaseException) -> str:
@@ -60,13 +92,19 @@ def without_secrets(text: str) -> str:
 @contextmanager
 def reported_errors(interrupted: str = "interrupted") -> Iterator[None]:
     """Errors as one ``error: ...`` line on stderr, never a traceback: bad input exits 2, something that could
-    not be had 3, a file-system failure (read-only, full disk) 1, Ctrl-C 130 with ``interrupted``."""
+    not be had 3, a file-system failure (read-only, full disk, I/O error: any ``OSError``, or any exception whose
+    errno or message says ENOSPC/EIO/EACCES/EROFS/EDQUOT) 1, Ctrl-C 130 with ``interrupted``."""
     try:
         yield
     except HfSpamError as err:
         print(f"error: {without_secrets(one_line(err))}", file=sys.stderr)
         sys.exit(EXIT_UNAVAILABLE if isinstance(err, UnavailableError) else EXIT_BAD_INPUT)
     except OSError as err:
+        print(f"error: {without_secrets(one_line(err))}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as err:  # a file-system failure raised as another type (safetensors' SafetensorError ...)
+        if file_system_errno(err) is None:
+            raise
         print(f"error: {without_secrets(one_line(err))}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -13,11 +13,12 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
+import torch
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
 from huggingface_hub.utils import filter_repo_objects, get_token
 
-from .errors import HfSpamError, UnavailableError, one_line
+from .errors import FileSystemError, HfSpamError, UnavailableError, file_system_errno, one_line
 from .files import is_hub_id, write_json
 from .model_card import model_card
 from .modeling_gpt import GPTSpamConfig
@@ -26,6 +27,8 @@ from .tokenization import build_hf_tokenizer, save_hf_tokenizer
 HANDLER = Path(__file__).with_name("endpoint_handler.py")
 WEIGHT_FILES = ("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json")
 # Never uploaded: Trainer checkpoints (optimizer state, pickled arguments), logs, hidden and temporary files.
+# Beside the weights a model folder holds the tokenizer (about 3.5 MB), the code, the card, metrics and plots.
+FOLDER_MARGIN_BYTES = 64 * 2**20
 UPLOAD_IGNORE = ["checkpoint-*/", "runs/", ".*", "*/.*", "*.log", "*.tmp", "training_args.bin", "*/training_args.bin"]
 
 
@@ -37,15 +40,31 @@ def save_model_folder(model: Any, folder: str | os.PathLike, *, metrics: dict | 
     Everything is written into a staging folder inside ``folder`` first and then moved in file by file
     (weights first, ``config.json`` last), so a kill never leaves a config pointing at missing or
     half-written weights. Other files already in ``folder`` (checkpoints, plots, logs) are kept.
-    ``state_dict`` replaces the model's own (the gathered weights of a sharded FSDP model).
+    ``state_dict`` replaces the model's own (the gathered weights of a sharded FSDP model). A file-system failure
+    (full disk, I/O error, no permission), whatever library meets it, is a one-line ``FileSystemError`` naming the
+    folder, and nothing of the new model is left in it.
     """
+    try:
+        return _save_model_folder(model, folder, metrics=metrics, settings=settings, info=info, tokenizer=tokenizer,
+                                  bpe_dir=bpe_dir, state_dict=state_dict)
+    except Exception as err:
+        code = file_system_errno(err)
+        if code is None or isinstance(err, FileSystemError):
+            raise
+        raise FileSystemError(code, f"{folder}: the model could not be saved ({os.strerror(code)}: "
+                                    f"{type(err).__name__}); nothing of it was left there") from err
+
+
+def _save_model_folder(model: Any, folder: str | os.PathLike, *, metrics: dict | None, settings: dict | None,
+                       info: dict | None, tokenizer: Any, bpe_dir: str | os.PathLike | None,
+                       state_dict: dict | None) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for leftover in folder.glob(".stage-*"):  # from an earlier save that was killed
         shutil.rmtree(leftover, ignore_errors=True)
     stage = Path(tempfile.mkdtemp(prefix=".stage-", dir=folder))
     try:
-        model.save_pretrained(stage, state_dict=state_dict)
+        (_unsharded(model) if state_dict is not None else model).save_pretrained(stage, state_dict=state_dict)
         config = json.loads((stage / "config.json").read_text(encoding="utf-8"))
         config.pop("_name_or_path", None)  # the local folder the model was loaded from
         write_json(stage / "config.json", config)
@@ -68,6 +87,34 @@ def save_model_folder(model: Any, folder: str | os.PathLike, *, metrics: dict | 
     return folder
 
 
+def model_folder_bytes(model: torch.nn.Module, adapter: bool = False) -> int:
+    """About how many bytes the model folder of ``model`` takes: its parameters as stored (twice with a LoRA
+    ``adapter``, whose folder holds a copy of the base model) and ``FOLDER_MARGIN_BYTES`` for the rest."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return weights * (2 if adapter else 1) + FOLDER_MARGIN_BYTES
+
+
+def check_room_for_model_folder(folder: str | os.PathLike, model: torch.nn.Module, adapter: bool = False) -> None:
+    """Before training: stop with one line if ``folder``'s disk has less free space than the model folder needs."""
+    needed, free = model_folder_bytes(model, adapter), shutil.disk_usage(folder).free
+    if needed > free:
+        raise HfSpamError(f"--output_dir {folder}: the model folder needs about {needed / 2**20:,.0f} MB and "
+                          f"{free / 2**20:,.0f} MB is free there; free some space or choose another --output_dir")
+
+
+def _unsharded(model: Any) -> Any:
+    """The model's own class for saving an FSDP model's gathered ``state_dict``: FSDP2 swaps the class for one made
+    on the fly in torch's ``_fsdp_init``, which ``save_pretrained`` would name in ``auto_map`` (and copy torch's
+    files for). A weightless (meta-device) instance of the real class is saved with the gathered weights instead."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        return model
+    cls = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
+    with torch.device("meta"):
+        return cls(model.config)
+
+
 def _is_weights(name: str) -> bool:
     return any(fnmatch(name, pattern) for pattern in WEIGHT_FILES)
 
@@ -79,6 +126,9 @@ def check_model_folder(folder: str | os.PathLike) -> Path:
     path, expected = Path(folder), "expected a model folder written by training"
     if not path.is_dir():
         raise HfSpamError(f"{path}: not a folder; {expected}")
+    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        raise HfSpamError(f"{path}: a LoRA adapter folder; push the run's folder ({path.parent}), which holds the "
+                          f"merged model and this adapter as {path.name}/ (peft loads it with subfolder=)")
     for name in ("config.json", "tokenizer.json"):
         if not (path / name).is_file():
             raise HfSpamError(f"{path}: {name} is missing; {expected}")

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
+import sys
+from typing import Any
 
 import torch
-from transformers import TrainingArguments
+from accelerate.state import PartialState
+from accelerate.utils import DistributedType
+from torch.distributed.tensor import DTensor
+from transformers import TrainerCallback, TrainingArguments
+
+from .errors import HfSpamError
 
 # Environment variables that torchrun (and accelerate's multi-process launcher) or accelerate's
 # one-process launcher set in the processes they start; both default OMP_NUM_THREADS to 1 there.
@@ -27,6 +35,53 @@ def fsdp_enabled(args: TrainingArguments) -> bool:
     return bool(args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
 
 
+def check_fsdp(args: TrainingArguments) -> bool:
+    """Whether this run uses FSDP, after refusing what FSDP cannot do on CPU processes: offloading parameters
+    to CPU memory (they are there already; torch's offload policy then asks for an accelerator)."""
+    if not fsdp_enabled(args):
+        return False
+    offload = (os.environ.get("FSDP_OFFLOAD_PARAMS", "").lower() in ("1", "true")
+               or bool((args.fsdp_plugin_args or {}).get("cpu_offload")))
+    if offload and args.device.type == "cpu":
+        raise HfSpamError("FSDP CPU offload (fsdp_offload_params / --fsdp offload / fsdp_config cpu_offload): not "
+                          "possible on CPU processes, whose parameters are in CPU memory already; turn it off")
+    return True
+
+
+def allow_fsdp_on_cpu(args: TrainingArguments) -> None:
+    """Before the Trainer builds its ``Accelerator``: let FSDP shard over CPU processes (gloo).
+
+    accelerate takes an FSDP plugin only for accelerator process groups; on CPU processes its state says
+    ``MULTI_CPU`` and the plugin is dropped without a word (the run is DDP). PyTorch's FSDP2 itself runs on a
+    CPU mesh, so the CPU state is handed to accelerate's FSDP branch, which then records ``FSDP``.
+    """
+    state = PartialState._shared_state  # noqa: SLF001 - accelerate keeps this state in a shared dict
+    if fsdp_enabled(args) and state.get("distributed_type") == DistributedType.MULTI_CPU:
+        state["distributed_type"] = DistributedType.MULTI_GPU  # the branch that turns a plugin into FSDP
+
+
+def local_parameter_count(model: torch.nn.Module) -> tuple[int, int]:
+    """``(held here, in all)``: the elements of this process's shards of the model's parameters (a sharded
+    ``DTensor`` counts its local piece, any other tensor all of it), and the full model's count."""
+    held = sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in model.parameters())
+    return held, sum(p.numel() for p in model.parameters())
+
+
+class FsdpShardsCallback(TrainerCallback):
+    """When training starts under FSDP, log what each rank holds: ``FSDP: this rank holds N of M parameters``
+    (every rank, on its own stdout), and on the main process one line with every rank's share."""
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> Any:
+        held, total = local_parameter_count(model)
+        shares: list[Any] = [None] * args.world_size
+        torch.distributed.all_gather_object(shares, held)
+        sys.stdout.write(f"FSDP: rank {args.process_index} holds {held:,} of {total:,} parameters\n")
+        sys.stdout.flush()
+        logging.getLogger("hf_spam").info("FSDP: the ranks hold %s of %s parameters", " + ".join(
+            f"{n:,}" for n in shares), f"{total:,}")
+        return control
+
+
 def configure_cpu_threads(requested: int | None = None) -> int:
     """Give PyTorch this process's fair share of the CPU cores, and return the thread count.
 
@@ -43,6 +98,14 @@ def configure_cpu_threads(requested: int | None = None) -> int:
         requested = max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     torch.set_num_threads(requested)
     return requested
+
+
+def describe_processes(args: TrainingArguments, threads: int) -> str:
+    """The run's processes, where they compute and their threads: ``2 process(es) (1 on this machine), CPU (x86_64,
+    2 threads), 2 PyTorch threads each``; the machine's share is named when the run spans several."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", args.world_size))
+    here = f" ({local} on this machine)" if local != args.world_size else ""
+    return f"{args.world_size} process(es){here}, {describe_device(args.device)}, {threads} PyTorch threads each"
 
 
 def describe_device(device: torch.device | str) -> str:

@@ -63,10 +63,11 @@ def resume_target(value: str | None, output_dir: Path) -> str | None:
     return value
 
 
-def setup_logging(output_dir: Path, is_main: bool, progress_bars: bool = True) -> None:
-    """Our messages at INFO on stdout and in ``OUTPUT_DIR/train.log`` (main process); libraries stay quiet, and
-    ``datasets``' progress bars follow Trainer's (``--disable_tqdm``). The log is appended to (a resumed run
-    continues it) but never through a symbolic link."""
+def setup_logging(output_dir: Path, is_main: bool, progress_bars: bool = True, node_main: bool = False) -> None:
+    """Our messages at INFO on stdout and in ``OUTPUT_DIR/train.log`` (main process; the first process of each
+    other machine, ``node_main``, logs on its stdout only); libraries stay quiet, and ``datasets``' progress bars
+    follow Trainer's (``--disable_tqdm``). The log is appended to (a resumed run continues it) but never through a
+    symbolic link."""
     if not progress_bars:
         datasets.disable_progress_bars()
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -80,7 +81,7 @@ def setup_logging(output_dir: Path, is_main: bool, progress_bars: bool = True) -
     for handler in handlers:
         handler.setFormatter(fmt)
     logger.handlers = handlers
-    logger.setLevel(logging.INFO if is_main else logging.WARNING)
+    logger.setLevel(logging.INFO if is_main or node_main else logging.WARNING)
     logger.propagate = False
     history.handlers = handlers[1:]  # Trainer's own log entries: the file only, as JSON lines
     history.propagate = False

@@ -60,8 +60,8 @@ def _load_named(name: str, config: str | None) -> dict[str, datasets.Dataset]:
 
 
 def _columns(ds: datasets.Dataset, where: str, text: str, label: str) -> datasets.Dataset:
-    """``text`` and ``label`` only, renamed; a missing column, an empty text or a missing label is an error
-    naming the row (counted from 1, header not counted)."""
+    """``text`` and ``label`` only, renamed, string labels stripped of surrounding white space; a missing column,
+    an empty text or a missing label is an error naming the row (counted from 1, header not counted)."""
     for column, flag in ((text, "--text_column"), (label, "--label_column")):
         if column not in ds.column_names:
             raise HfSpamError(f"{where}: no column {column!r} (the {flag}); the columns are "
@@ -77,6 +77,10 @@ def _columns(ds: datasets.Dataset, where: str, text: str, label: str) -> dataset
                 raise HfSpamError(f"{where}, row {row}: empty or missing text in column {text!r}")
             if lab is None or lab == missing or (isinstance(lab, str) and not lab.strip()):
                 raise HfSpamError(f"{where}, row {row}: missing label in column {label!r}")
+    feature = ds.features["label"]
+    if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):  # "spam " is "spam"
+        ds = ds.map(lambda b: {"label": [lab.strip() for lab in b["label"]]}, batched=True,
+                    desc="stripping the labels")
     return ds
 
 
@@ -84,6 +88,7 @@ def _labels(train: datasets.Dataset, given: list[str] | None) -> tuple[list[str]
     """The label names and each raw label value's id: a ``ClassLabel`` keeps its names; strings become their
     sorted names (or ``--label_names``' order); integers 0..k-1 become ``"0".."k-1"`` (or ``--label_names``)."""
     feature, values = train.features["label"], set(train.unique("label"))
+    given = [name.strip() for name in given] if given is not None else None  # as the labels themselves
     if len(values) < 2:
         raise HfSpamError(f"train split: only one class ({next(iter(values), 'none')!s}); expected two or more labels")
     if isinstance(feature, datasets.ClassLabel) or all(isinstance(v, int) and not isinstance(v, bool) and v >= 0

@@ -13,6 +13,7 @@ from transformers import Trainer, TrainerCallback
 
 from .arguments import parse_class_weight
 from .errors import HfSpamError
+from .launch import FsdpShardsCallback, allow_fsdp_on_cpu
 from .metrics import compute_metrics
 
 
@@ -51,6 +52,15 @@ def class_weights(choice: str, train_labels: Sequence[int], labels: list[str]) -
 class SpamTrainer(Trainer):
     """``Trainer`` that never drops an example when scoring: the chapter drops the last incomplete
     *training* batch (``dataloader_drop_last``) but evaluates every example."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if self.is_fsdp_enabled:
+            self.add_callback(FsdpShardsCallback())  # "FSDP: the ranks hold N + N of M parameters"
+
+    def create_accelerator_and_postprocess(self) -> None:
+        allow_fsdp_on_cpu(self.args)  # FSDP on CPU processes too, not DDP in its place
+        super().create_accelerator_and_postprocess()
 
     def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
         return self._every_example(super().get_eval_dataloader, eval_dataset)

@@ -26,8 +26,8 @@ from hf_spam.errors import HfSpamError, run_main
 from hf_spam.evaluation import check_decision, evaluate_splits, format_accuracy_table, softmax, write_predictions
 from hf_spam.feature_cache import prepare_cached_training
 from hf_spam.files import cache_dir, write_json
-from hf_spam.hub import push_folder_to_hub, save_model_folder
-from hf_spam.launch import configure_cpu_threads, configure_processes, describe_device, fsdp_enabled
+from hf_spam.hub import check_room_for_model_folder, push_folder_to_hub, save_model_folder
+from hf_spam.launch import check_fsdp, configure_cpu_threads, configure_processes, describe_device, describe_processes
 from hf_spam.lora import apply_lora, save_adapter_and_merge
 from hf_spam.metrics import decide, positive_index
 from hf_spam.model_card import run_summary
@@ -56,13 +56,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     hub_token, args.hub_token = args.hub_token, None  # pushed with at the end, never pickled into checkpoints
     out_dir = prepare_output_dir(args)
     resume = resume_target(args.resume_from_checkpoint, out_dir)
-    setup_logging(out_dir, is_main=args.process_index == 0, progress_bars=not args.disable_tqdm)
+    setup_logging(out_dir, is_main=args.process_index == 0, progress_bars=not args.disable_tqdm,
+                  node_main=args.local_process_index == 0)  # other machines' first processes: their stdout
     threads = configure_cpu_threads(args.cpu_threads)
-    logger.info("%d process(es), %s, %d PyTorch threads each", args.world_size, describe_device(args.device), threads)
+    logger.info("%s", describe_processes(args, threads))
     push, args.push_to_hub = args.push_to_hub, False  # the Trainer would create the repo now; step 11 pushes
     if push and not args.hub_model_id:
         raise HfSpamError("--push_to_hub: also pass --hub_model_id NAME")
-    if (fsdp := fsdp_enabled(args)) and model_args.trainable_layers == "lora":
+    if (fsdp := check_fsdp(args)) and model_args.trainable_layers == "lora":
         raise HfSpamError("--trainable_layers lora: not supported with FSDP; use configs/accelerate/multi_gpu.yaml")
     if fsdp and (args.calibrate != "none" or any(getattr(args, flag) is not None for flag in DECISION_FLAGS)):
         raise HfSpamError("--calibrate/--decision_threshold/--max_false_positive_rate/--min_precision: not supported "
@@ -114,6 +115,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     scale = model_args.lora_alpha / model_args.lora_rank
     logger.info("Trainable parameters: %s of %s (%.2f%%)%s", f"{trainable:,}", f"{total:,}", 100 * trainable / total,
                 f"; LoRA r={model_args.lora_rank}, update scale alpha/r={scale:g}" if lora else "")
+    if args.do_train and args.process_index == 0:  # the disk must hold the model folder, before any training
+        check_room_for_model_folder(out_dir, model, adapter=lora)
 
     # 6. Frozen-trunk feature cache: the frozen blocks run once per example, the Trainer trains the top.
     data, collator = tokenized, DataCollatorWithPadding(tokenizer)

@@ -21,7 +21,7 @@ LAUNCHERS = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
 def test_the_config_folders_are_not_empty():
     assert any(p.name == "seed.yaml" for p in CONFIGS)
     assert len(EXPERIMENTS) >= 12
-    assert {p.stem for p in LAUNCHERS} == {"one_process", "cpu_processes", "multi_gpu", "fsdp"}
+    assert {p.stem for p in LAUNCHERS} == {"one_process", "cpu_processes", "multi_gpu", "fsdp", "multi_node"}
 
 
 @pytest.mark.parametrize("path", CONFIGS + EXPERIMENTS, ids=lambda p: str(p.relative_to(ROOT)))
@@ -34,11 +34,14 @@ def test_config_parses(path: Path, tmp_path):
 @pytest.mark.parametrize("path", LAUNCHERS, ids=lambda p: p.name)
 def test_accelerate_config_loads(path: Path):
     config = load_config_from_file(str(path))
-    assert config.num_machines == 1 and config.mixed_precision in ("no", "bf16")
+    assert config.num_machines == (2 if path.stem == "multi_node" else 1) and config.mixed_precision in ("no", "bf16")
     if path.stem == "fsdp":
         assert config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "TransformerBlock"
         assert config.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
-    expected = {"one_process": "NO", "cpu_processes": "MULTI_GPU", "multi_gpu": "MULTI_GPU", "fsdp": "FSDP"}
+    if path.stem == "multi_node":  # the fields the user sets are there, for two machines
+        assert (config.machine_rank, config.main_process_port) == (0, 29500) and config.main_process_ip
+    expected = {"one_process": "NO", "cpu_processes": "MULTI_GPU", "multi_gpu": "MULTI_GPU", "fsdp": "FSDP",
+                "multi_node": "MULTI_GPU"}
     assert config.distributed_type.value == expected[path.stem]
     assert not config.use_cpu  # `--cpu`/use_cpu makes accelerate start a single process
 

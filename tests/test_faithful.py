@@ -210,14 +210,17 @@ README_FLAGS = {
     "--calibrate": "temperature",
     # class weights: tested in test_class_weights.py
     "--class_weight": "weighted loss, recorded",
+    # FSDP on CPU processes: tested in test_multi_machine.py
+    "--fsdp": "shards the parameters", "--fsdp_config": "configs/fsdp.json",
 }
 
 
 def readme_recipe_flags() -> set[str]:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     section = text.split("## The recipe: `scripts/train.py`", 1)[1].split("\n## Data", 1)[0]
-    return set(re.findall(r"(--[a-z][a-z0-9_]+)", section)) - {"--nproc_per_node", "--num_processes", "--multi_gpu",
-                                                            "--cpu", "--config_file"}
+    launcher_flags = {"--nproc_per_node", "--num_processes", "--multi_gpu", "--cpu", "--config_file", "--nnodes",
+                      "--node_rank", "--master_addr", "--master_port", "--machine_rank", "--mixed_precision"}
+    return set(re.findall(r"(--[a-z][a-z0-9_]+)", section)) - launcher_flags
 
 
 def test_every_flag_the_readme_names_is_known_here():
