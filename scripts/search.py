@@ -324,8 +324,8 @@ def prepare(model_args: Any, data_args: Any, args: Any, parts: list[str]) -> Set
             reasons[part] = f"features not cached ({blocker or 'the cache location cannot be written'}): every " \
                             "step runs the whole model"
         else:
-            when = "computed" if cached[part].computed else "found"
-            reasons[part] = f"{part} features read from the cache ({when} once, at the start of this search)"
+            when = "computed at the start of this search" if cached[part].computed else "there before it started"
+            reasons[part] = f"{part} features read from the cache ({when}; no trunk pass in the trial)"
             logger.info("Frozen-trunk features for %s: %s for the whole search (%s); every trial reads them", part,
                         "computed once" if cached[part].computed else "read from the cache",
                         ", ".join(cached[part].computed) or "no trunk pass")

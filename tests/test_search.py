@@ -174,3 +174,20 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path):
                                           "some of learning_rate, num_train_epochs, per_device_train_batch_size, "
                                           "weight_decay, warmup_ratio, trainable_layers"]
     assert time.time() - started < 120 and not (tmp_path / "run").exists()
+
+
+def test_joining_a_study_of_another_metric_is_refused(tmp_path):
+    (tmp_path / "space.yaml").write_text("learning_rate: {low: 1.0e-5, high: 1.0e-3}\n")
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(storage=url, study_name="sms", direction="minimize").set_user_attr("metric",
+                                                                                            "validation_log_loss")
+    with pytest.raises(HfSpamError, match="study 'sms' searches validation_log_loss; use that, or another"):
+        search_main([*SMALL, "--output_dir", str(tmp_path / "run"), "--search_space", str(tmp_path / "space.yaml"),
+                     "--storage", url, "--study_name", "sms"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_without_optuna_the_search_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # an environment without the `search` extra
+    with pytest.raises(HfSpamError, match=r"^the search needs Optuna: pip install 'hf-spam\[search\]'$"):
+        search_main([*SMALL, "--output_dir", str(tmp_path / "run")])
