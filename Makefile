@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	# A known torch first (from a local wheel where the machine has one), so the looser requirement below
 	# installs nothing more; where that version cannot be had, the newest torch.
 	$(PY) -m pip install -q torch==2.13.0 || $(PY) -m pip install -q torch
-	$(PY) -m pip install -q -e ".[dev,tf,onnx,serve,demo]"
+	$(PY) -m pip install -q -e ".[dev,tf,onnx,serve,demo,search]"
 	touch $@
 
 install: $(VENV)/.installed

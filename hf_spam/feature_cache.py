@@ -20,7 +20,7 @@ import hashlib
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +210,7 @@ class CachedTraining:
     collator: FeatureCollator
     k: int
     cache_files: dict[str, Path]
+    computed: list[str] = field(default_factory=list)  # the splits whose features this call computed (else read)
 
     def states(self, split: str, i: int) -> torch.Tensor:
         """Example ``i`` of ``split``: its cached states (float32)."""
@@ -290,4 +291,5 @@ def prepare_cached_training(full_model: GPTSpamForSequenceClassification, tokeni
                 f"computed: {', '.join(computed)}" if computed else "read from cache", time.time() - started, size_mb,
                 feature_dtype, cache_dir)
     collator = FeatureCollator([opened[s] for s in tokenized])
-    return CachedTraining(FrozenTrunkSuffix(full_model, k), datasets.DatasetDict(indexes), collator, k, files)
+    return CachedTraining(FrozenTrunkSuffix(full_model, k), datasets.DatasetDict(indexes), collator, k, files,
+                          computed)

@@ -42,24 +42,45 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_folder(path: str | os.PathLike, keep_name: bool = False) -> Iterator[Path]:
     """A temporary folder beside ``path``, put in its place (replacing an earlier folder there) when the block
-    succeeds and deleted otherwise: a half-written folder is never at ``path``."""
+    succeeds and deleted otherwise: a half-written folder is never at ``path``. ``keep_name``: the folder
+    yielded already has ``path``'s name (inside a hidden temporary one), for writers that name things after it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    old = tmp.with_suffix(".old")
+    old, target = tmp.with_suffix(".old"), tmp / path.name if keep_name else tmp
     try:
-        yield tmp
-        tmp.chmod(0o755)  # mkdtemp creates 0700
+        target.mkdir(exist_ok=True)
+        yield target
+        target.chmod(0o755)  # mkdtemp creates 0700
         if path.exists():
             path.rename(old)
-        os.replace(tmp, path)
+        os.replace(target, path)
     finally:
         if old.exists() and not path.exists():  # the new folder could not be put in place: the old one back
             old.rename(path)
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) for the block: processes on one machine that
+    share a folder take turns (``fcntl.flock``; where there is no ``fcntl``, no lock)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks here
+            yield
+            return
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -75,9 +75,10 @@ def model_card(config: Any, metrics: dict[str, Any], settings: dict[str, Any], i
     """The README.md: metadata (library, license, dataset, tags, ``model-index`` of the test metrics) and
     what the model is, what it was trained on, how well it does (per class too) and how to use it.
 
-    ``info`` may name ``base_model`` (kept only if it is a Hub id), ``repo_id``, ``weights``, ``model_size`` and
-    ``data`` (``hf_spam.sources.load_data``'s account of the data; default: the SMS recipe); ``settings`` is an
-    allow-listed summary of the training arguments.
+    ``info`` may name ``base_model`` (kept only if it is a Hub id), ``repo_id``, ``weights``, ``model_size``,
+    ``data`` (``hf_spam.sources.load_data``'s account of the data; default: the SMS recipe) and ``search`` (the
+    hyperparameter search that chose the settings: ``scripts/search.py``); ``settings`` is an allow-listed summary
+    of the training arguments.
     """
     base_model = info.get("base_model") if is_hub_id(info.get("base_model")) else None
     data = {"source": "sms", **(info.get("data") or {})}  # default: the chapter's data
@@ -119,5 +120,5 @@ def model_card(config: Any, metrics: dict[str, Any], settings: dict[str, Any], i
         per_class=per_class, confusion=list(zip(labels, metrics.get("test_confusion_matrix") or [])),
         total_parameters=metrics.get("total_parameters"), pooling=config.pooling,
         training_length=config.training_length, n_layers=config.n_layers, n_heads=config.n_heads,
-        emb_dim=config.emb_dim, context_length=config.context_length,
+        emb_dim=config.emb_dim, context_length=config.context_length, search=info.get("search"),
     )

@@ -63,17 +63,18 @@ def resume_target(value: str | None, output_dir: Path) -> str | None:
     return value
 
 
-def setup_logging(output_dir: Path, is_main: bool, progress_bars: bool = True, node_main: bool = False) -> None:
-    """Our messages at INFO on stdout and in ``OUTPUT_DIR/train.log`` (main process; the first process of each
-    other machine, ``node_main``, logs on its stdout only); libraries stay quiet, and ``datasets``' progress bars
-    follow Trainer's (``--disable_tqdm``). The log is appended to (a resumed run continues it) but never through a
-    symbolic link."""
+def setup_logging(output_dir: Path, is_main: bool, progress_bars: bool = True, node_main: bool = False,
+                  log_name: str = "train.log") -> None:
+    """Our messages at INFO on stdout and in ``OUTPUT_DIR/train.log`` (``log_name``; main process; the first
+    process of each other machine, ``node_main``, logs on its stdout only); libraries stay quiet, and ``datasets``'
+    progress bars follow Trainer's (``--disable_tqdm``). The log is appended to (a resumed run continues it) but
+    never through a symbolic link."""
     if not progress_bars:
         datasets.disable_progress_bars()
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
     if is_main:
-        log = output_dir / "train.log"
+        log = output_dir / log_name
         if log.is_symlink():
             log.unlink()
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o644)

@@ -47,7 +47,9 @@ from hf_spam.trainer import (
 from hf_spam.weights import HUB_IDS
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None, search: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train (or score) as ``argv`` says and return ``metrics.json``'s values; ``search``: the hyperparameter search
+    that chose the settings (scripts/search.py), named in the model card."""
     started = time.time()
 
     # 1. Arguments (--config YAML as defaults, flags win), processes, CPU threads, logging, seed.
@@ -199,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                   "base_model": (model_args.model_name_or_path or HUB_IDS[model_args.model_size])
                                   if pretrained else None,
                                   "weights": model_args.weights, "model_size": model_args.model_size,
-                                  "repo_id": args.hub_model_id, "data": data_info})
+                                  "repo_id": args.hub_model_id, "data": data_info, "search": search})
             examples_per_step = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
             plot_history(trainer.state.log_history, examples_per_step,
                          math.floor(len(data["train"]) / examples_per_step) or 1, out_dir)

@@ -29,6 +29,8 @@ def table_rows(stdout: str) -> list[list[str]]:
         # The whole command line (scripts/train.py, cold then warm cache, and --bf16) and the extrapolated plain loop.
         ("bench_seed_job.py", ["chapter_plain_120", "ours_seed_fast_cold", "ours_seed_fast_warm",
                                "ours_seed_fast_bf16_cold"], 3),
+        # A 2-trial search (scripts/search.py, cold cache, best retrained) against the chapter's extrapolated loop.
+        ("bench_search.py", ["chapter_plain_120", "ours_search"], 3),
         # Cost as the data grows: the fast recipe on 1x and 4x the data, through CSV files.
         ("bench_scale.py", ["1x", "4x"], 3),
         # The server under load: torch at 1 client and onnxruntime at 32, no failed request.
