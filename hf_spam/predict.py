@@ -6,8 +6,8 @@ padding (``tokenization.length_batches``), and the model shapes each batch as it
 (``GPTSpamForSequenceClassification.trained_shape``: the cut, the padding that ``last`` pooling reads, an
 empty text). Results come back in input order, and a text's result never depends on its batch. ``dtype``
 (``hf_spam.arithmetic``) converts the model itself (bfloat16 weights, int8 Linear layers); logits stay float32.
-(int8 quantises each batch's activations with one scale, so there a text's probabilities shift slightly with
-its batch.)
+(In bfloat16 and int8 a text's probabilities shift slightly with its batch: rounding, and int8's one scale for
+each batch's activations.)
 ``predict_stream`` reads its input lazily in chunks: memory stays bounded whatever the input size. Calling the
 classifier, ``clf(inputs, top_k=..., function_to_apply=...)``, answers what ``pipeline("text-classification")``
 answers (the shape the HTTP service and Inference Endpoints return). Native GPT-2 folders
