@@ -1,6 +1,6 @@
 """Inference texts/s: ours (``hf_spam.predict.SpamClassifier``: length-sorted batches, dynamic
 padding, inference_mode, optional bf16) vs the chapter's ``classify_review`` (one text at a time,
-padded to 120 tokens), with the chapter's model code and with ours.
+padded to 120 tokens), with the chapter's model code and with ours; ours also in bfloat16 and int8 (``--dtype``).
 
 GPT-2 small shape, random weights (speed does not depend on the weights), the texts of the
 chapter's test split. Each case runs in its own process. Run from the repository root:
@@ -33,7 +33,9 @@ CASES = {
     "ours_model_one_at_a_time_120": ("same loop with the hf_spam model (fused attention)", "120 (fixed)"),
     "ours_batched_120": ("ours, SpamClassifier.predict, `last` pooling (trained at 120)", "120 (fixed)"),
     "ours_batched_dynamic": ("ours, SpamClassifier.predict, last_non_pad, length-sorted", "dynamic"),
-    "ours_batched_dynamic_bf16": ("same, bf16 autocast", "dynamic"),
+    "ours_batched_dynamic_bf16": ("same, --dtype bfloat16 (bf16 weights)", "dynamic"),
+    "ours_batched_dynamic_bf16_autocast": ("same, float32 weights under bf16 autocast", "dynamic"),
+    "ours_batched_dynamic_int8": ("same, --dtype int8 (dynamic quantisation of the Linear layers)", "dynamic"),
 }
 BASELINE = "chapter_one_at_a_time_120"
 
@@ -86,7 +88,15 @@ def worker(case: str, args) -> None:  # noqa: ANN001
     else:
         from hf_spam.predict import SpamClassifier
 
-        clf = SpamClassifier.from_model(model, enc, device="cpu", dtype="bfloat16" if "bf16" in case else None)
+        dtype = "bfloat16" if case.endswith("_bf16") else "int8" if case.endswith("_int8") else None
+        clf = SpamClassifier.from_model(model, enc, device="cpu", dtype=dtype)
+        if case.endswith("_bf16_autocast"):  # the alternative to bf16 weights, measured against them
+            float32_logits = clf.logits
+
+            def autocast_logits(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+                with torch.autocast("cpu", torch.bfloat16):
+                    return float32_logits(input_ids, attention_mask)
+            clf.logits = autocast_logits
 
         def run(texts: list[str] = texts) -> list[str]:
             return [r["label"] for r in clf.predict(texts, batch_size=args.batch_size, return_text=False)]

@@ -144,10 +144,8 @@ def ours_job(case: str, args, workdir: Path) -> dict:  # noqa: ANN001
            "--output_dir", str(out), "--data_cache_dir", str(cache), "--disable_tqdm", "true"]
     if args.data_file:
         cmd += ["--data_file", args.data_file]
-    if "_bf16" in case:  # transformers takes bf16 on a CPU only with use_cpu
-        import torch
-
-        cmd += ["--bf16", "true", *([] if torch.cuda.is_available() else ["--use_cpu", "true"])]
+    if "_bf16" in case:  # on a machine without a GPU the recipe sets --use_cpu true itself
+        cmd += ["--bf16", "true"]
     if args.quick:
         cmd += ["--model_size", "tiny", "--max_steps", "6", "--eval_steps", "3", "--logging_steps", "3"]
     result = run_command_measured(cmd, workdir / f"{case}.log")

@@ -5,7 +5,8 @@ as answers come back, for a fixed time; one request in ten of the first client i
 many texts) and must be answered 4xx while the good ones keep succeeding. Reported: requests/s, texts/s,
 p50/p95/p99 latency of the good requests, failures, and the server's peak RSS and its growth after the
 first tenth of the run. GPT-2 small's shape with random weights, `last_non_pad` pooling; the torch backend
-at 1, 8 and 32 clients, then onnxruntime (float32 and int8) at 32.
+at 1, 8 and 32 clients, the torch backend with ``--dtype bfloat16`` and ``--dtype int8`` at 32, then onnxruntime
+(float32 and int8) at 32.
 
     python benchmarks/bench_serve.py                 # about 7 minutes
     python benchmarks/bench_serve.py --quick         # tiny model, 3 s per case (smoke run)
@@ -39,6 +40,7 @@ from _common import (
 
 # case: (backend, clients)
 CASES = {"torch_1": ("torch", 1), "torch_8": ("torch", 8), "torch_32": ("torch", 32),
+         "torch_bf16_32": ("torch-bfloat16", 32), "torch_int8_32": ("torch-int8", 32),
          "onnx_float32_32": ("onnx", 32), "onnx_int8_32": ("onnx-int8", 32)}
 BAD = [b"{not json", json.dumps({"inputs": ["x"] * 1000}).encode()]
 
@@ -62,7 +64,7 @@ def build_model(folder: Path, model_size: str, texts: list[str]) -> dict[str, Pa
 class ServerProcess:
     """The service in its own process, its RSS sampled four times a second."""
 
-    def __init__(self, folder: Path, backend: str, onnx_file: Path | None):
+    def __init__(self, folder: Path, backend: str, onnx_file: Path | None, dtype: str | None = None):
         import psutil
 
         with socket.socket() as s:
@@ -72,6 +74,8 @@ class ServerProcess:
                str(self.port), "--max_queue", "4096"]
         if onnx_file is not None:
             cmd += ["--backend", "onnx", "--onnx_file", str(onnx_file)]
+        if dtype is not None:
+            cmd += ["--dtype", dtype]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.rss: list[tuple[float, float]] = []
         self.process = psutil.Process(self.proc.pid)
@@ -165,7 +169,9 @@ def main() -> None:
         for case in cases:
             backend, clients = CASES[case]
             waited = wait_until_quiet(args.wait_quiet)
-            server = ServerProcess(files["torch"], backend, None if backend == "torch" else files[backend])
+            kind, _, dtype = backend.partition("-")  # torch-int8: the torch backend with --dtype int8
+            server = ServerProcess(files["torch"], backend, files[backend] if kind == "onnx" else None,
+                                   dtype if kind == "torch" and dtype else None)
             try:
                 stats = asyncio.run(drive(server.port, clients, duration, texts))
             finally:

@@ -274,6 +274,10 @@ class SpamTrainingArguments(TrainingArguments):
         if self.push_to_hub and self.hub_strategy != "end":
             raise HfSpamError(f"--hub_strategy {self.hub_strategy}: not supported; the finished model folder is "
                               "pushed once, at the end (--hub_strategy end)")
+        self.use_cpu_for_bf16 = False  # set below: transformers refuses bf16 on a CPU unless use_cpu is set
+        if (self.bf16 or self.bf16_full_eval) and not self.use_cpu \
+                and not getattr(torch, "accelerator", torch.cuda).is_available():
+            self.use_cpu = self.use_cpu_for_bf16 = True  # no GPU here: the CPU it is (train.py logs it)
         if self.dataloader_pin_memory is None:  # pinned memory only speeds up copies to an accelerator
             self.dataloader_pin_memory = not self.use_cpu and getattr(torch, "accelerator", torch.cuda).is_available()
         try:

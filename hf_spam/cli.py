@@ -34,6 +34,7 @@ from transformers.utils import logging as hf_logging
 
 from . import __version__
 from .arguments import DataArguments
+from .arithmetic import DTYPE_CHOICES
 from .errors import HfSpamError, UnavailableError, reported_errors, without_secrets
 
 # Texts for checks when no data is at hand: the chapter's two examples and a few of every kind and length.
@@ -53,11 +54,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {without_secrets(message)}\n")
 
 
-def _classifier(args: argparse.Namespace):  # noqa: ANN202 - SpamClassifier, imported with torch on use
+def _dtype(args: argparse.Namespace) -> str | None:
+    """The ``--dtype`` asked for (``--bf16`` is ``--dtype bfloat16``), or ``None`` when neither is given."""
+    if args.bf16 and args.dtype not in (None, "bfloat16"):
+        raise HfSpamError(f"--bf16 is --dtype bfloat16, and --dtype {args.dtype} was given too; give one")
+    return "bfloat16" if args.bf16 else args.dtype
+
+
+def _classifier(args: argparse.Namespace, dtype: str | None = None):  # noqa: ANN202 - SpamClassifier, with torch
+    """The model of ``--model`` in ``dtype`` (default: what --dtype/--bf16 ask); a choice other than the default
+    float32 is noted on stderr."""
     from .predict import SpamClassifier
 
-    return SpamClassifier.from_pretrained(args.model, device=args.device, dtype="bfloat16" if args.bf16 else None,
-                                          trust_remote_code=args.trust_remote_code)
+    asked = dtype or _dtype(args)
+    clf = SpamClassifier.from_pretrained(args.model, device=args.device, dtype=asked,
+                                         trust_remote_code=args.trust_remote_code)
+    if asked is not None:
+        print(f"note: arithmetic {clf.arithmetic.dtype} (--dtype {clf.arithmetic.requested}: "
+              f"{clf.arithmetic.reason})", file=sys.stderr)
+    return clf
 
 
 def _lines(path: str) -> Iterator[str]:
@@ -116,9 +131,18 @@ def evaluate(args: argparse.Namespace) -> None:
     given = {key: getattr(args, key) for key in EVALUATE_DATA_FLAGS if getattr(args, key) is not None}
     data = labelled_file_data(args.labelled_file, given) if args.labelled_file else \
         split_data(DataArguments(**as_trained(args.model, given)).source_settings, args.split)
-    evaluate_classifier(_classifier(args), data, args.model, positive_label=args.positive_label,
+    classifier = _classifier(args)
+    evaluate_classifier(classifier, data, args.model, positive_label=args.positive_label,
                         batch_size=args.batch_size, output_dir=args.output_dir,
                         decision_threshold=args.decision_threshold)
+    if classifier.arithmetic.dtype != "float32":  # the cost of the cheaper arithmetic, measured on the same data
+        from .evaluation import compare_arithmetic
+        from .predict import SpamClassifier
+
+        reference = SpamClassifier.from_pretrained(args.model, device=args.device,
+                                                   trust_remote_code=args.trust_remote_code)
+        compare_arithmetic(reference, classifier, data, positive_label=args.positive_label,
+                           batch_size=args.batch_size, output_dir=args.output_dir)
 
 
 def export(args: argparse.Namespace) -> None:
@@ -167,6 +191,11 @@ def serve(args: argparse.Namespace) -> None:
 
     if args.backend == "onnx":
         from .export import onnx_classifier
+
+        if _dtype(args) is not None:
+            raise HfSpamError("serve: --dtype/--bf16 apply to --backend torch; an ONNX file runs in the arithmetic it "
+                              "was exported in (for int8: hf-spam export --quantize int8, then --onnx_file "
+                              "MODEL-int8.onnx)")
 
         onnx_file = Path(args.onnx_file or Path(args.model) / "model.onnx")
         if not onnx_file.is_file():
@@ -263,7 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     def model_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", required=True, help="model folder written by training, or a Hub model id")
         p.add_argument("--batch_size", type=int, default=64, help="texts per forward pass (default 64)")
-        p.add_argument("--bf16", action="store_true", help="run under bfloat16 autocast (recent GPUs/CPUs)")
+        p.add_argument("--dtype", choices=DTYPE_CHOICES, default=None, help="the arithmetic: float32 (default), "
+                       "bfloat16 (weights), int8 (dynamic quantisation of the Linear layers, CPU), or auto: bfloat16 "
+                       "where the processor has it natively (avx512_bf16/amx_bf16, or a CUDA GPU with bf16), else "
+                       "float32")
+        p.add_argument("--bf16", action="store_true", help="the same as --dtype bfloat16")
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
         p.add_argument("--trust_remote_code", action="store_true",
                        help="run the folder's own modeling_gpt.py instead of the installed hf_spam classes")

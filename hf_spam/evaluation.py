@@ -246,3 +246,34 @@ def evaluate_classifier(classifier: Any, data: Data, model: str, *, positive_lab
         plot_confusion_matrix(cm, labels, out / "confusion-matrix.png", f"{model_name}: {source}")
         print(f"Wrote {out / 'eval_metrics.json'} and {out / 'confusion-matrix.png'}")
     return record
+
+
+def compare_arithmetic(reference: Any, classifier: Any, data: Data, *, positive_label: str | None = None,
+                       batch_size: int = 64, output_dir: str | None = None) -> dict[str, Any]:
+    """``hf-spam evaluate --dtype``: ``data`` scored by ``reference`` (float32) and by ``classifier`` (the same model
+    in another arithmetic): each one's accuracy and F1, how often their labels agree and the largest change in a
+    probability; printed, written to ``arithmetic.json`` with ``output_dir``, and returned."""
+    texts, truth, labels, source = data
+    positive, two = positive_index(labels, positive_label), len(labels) == 2
+    names = [reference.arithmetic.dtype, classifier.arithmetic.dtype]
+    probabilities = [np.asarray(clf.probabilities(clf.encode(texts), batch_size)) for clf in (reference, classifier)]
+    predicted = [p.argmax(-1) for p in probabilities]
+    f1 = "f1" if two else "macro_f1"
+    rows = {name: {key: scores(p, truth, labels, positive)[key] for key in ("accuracy", f1)}
+            for name, p in zip(names, predicted)}
+    same = int((predicted[0] == predicted[1]).sum())
+    change = float(np.abs(probabilities[0] - probabilities[1]).max()) if len(texts) else 0.0
+    record = {"data": source, "reference": names[0], "dtype": names[1], "dtype_requested":
+              classifier.arithmetic.requested, "dtype_reason": classifier.arithmetic.reason, "scores": rows,
+              "same_label": same, "examples": len(texts), "agreement": same / max(len(texts), 1),
+              "max_probability_change": change}
+    header = f"F1 ({labels[positive]})" if two else "macro F1"
+    lines = [f"Arithmetic on {source}:", f"  {'arithmetic':<12}{'accuracy':>10}{header:>14}"]
+    lines += [f"  {name:<12}{row['accuracy'] * 100:9.2f}%{row[f1]:>14.4f}" for name, row in rows.items()]
+    lines.append(f"  {names[1]} vs {names[0]}: the same label for {same} of {len(texts)} texts "
+                 f"({record['agreement'] * 100:.2f}%); largest change in a probability {change:.4f}")
+    print("\n".join(lines))
+    if output_dir:
+        write_json(Path(output_dir) / "arithmetic.json", record)
+        print(f"Wrote {Path(output_dir) / 'arithmetic.json'}")
+    return record

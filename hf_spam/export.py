@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .arithmetic import Arithmetic
 from .errors import HfSpamError, UnavailableError, one_line
 from .files import atomic_path
 from .modeling_gpt import GPTSpamConfig, GPTSpamForSequenceClassification
@@ -72,8 +73,11 @@ def onnx_classifier(onnx_file: str | os.PathLike, folder: str | os.PathLike,
     """A ``SpamClassifier`` whose logits come from an exported ONNX file run by onnxruntime: the same tokenizer,
     batching and labels, from the model folder's config and tokenizer files, without the PyTorch weights."""
     session = OnnxSession(onnx_file, threads)
+    quantised = session.session.get_modelmeta().producer_name == "onnx.quantize"  # onnxruntime's quantiser wrote it
+    arithmetic = Arithmetic("int8", "the ONNX file", "weights quantised by onnxruntime") if quantised else \
+        Arithmetic("float32", "the ONNX file", "exported in float32")
     return SpamClassifier(session.torch_logits, GPTSpamConfig.from_pretrained(folder), get_encoding(folder),
-                          model_bytes=Path(onnx_file).stat().st_size)
+                          model_bytes=Path(onnx_file).stat().st_size, arithmetic=arithmetic)
 
 
 def export_onnx(folder: str | os.PathLike, output: str | os.PathLike,

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from .arithmetic import native_bf16
 from .errors import HfSpamError
 from .feature_files import (
     CACHE_FORMAT_VERSION,
@@ -217,6 +218,17 @@ class CachedTraining:
         return self.collator.states(int(self.datasets[split][i][ROW_COLUMN]))[0]
 
 
+def trunk_arithmetic(dtype: torch.dtype | None, device: torch.device) -> str:
+    """What the frozen trunk computes in, for the log: float32, or an autocast and whether ``device`` has it
+    natively."""
+    if dtype is None:
+        return "float32"
+    if dtype != torch.bfloat16:
+        return f"{str(dtype).removeprefix('torch.')} autocast"
+    native, why = native_bf16(device)
+    return f"bfloat16 autocast ({why}{'' if native else ': emulated, likely slower than float32'})"
+
+
 def _disk_check(cache_dir: Path, needed: int, feature_dtype: str) -> None:
     """Stop before a cache that would not fit, saying how to go on; log the size either way."""
     free = shutil.disk_usage(cache_dir).free
@@ -286,10 +298,10 @@ def prepare_cached_training(full_model: GPTSpamForSequenceClassification, tokeni
             columns["labels"] = np.asarray(ds["labels"], dtype=np.int64)
         indexes[split], start = datasets.Dataset.from_dict(columns), start + n
     size_mb = sum(f.stat().st_size for f in files.values()) / 2**20
-    logger.info("Frozen-trunk feature cache: embeddings + %d %s run once per example (%s) in %.1f s; %.0f MB (%s) "
-                "in %s", k, "blocks" if not pooled else "blocks + final norm + pooling",
-                f"computed: {', '.join(computed)}" if computed else "read from cache", time.time() - started, size_mb,
-                feature_dtype, cache_dir)
+    logger.info("Frozen-trunk feature cache: embeddings + %d %s run once per example in %s (%s) in %.1f s; %.0f MB "
+                "(stored as %s) in %s", k, "blocks" if not pooled else "blocks + final norm + pooling",
+                trunk_arithmetic(dtype, device), f"computed: {', '.join(computed)}" if computed else "read from cache",
+                time.time() - started, size_mb, feature_dtype, cache_dir)
     collator = FeatureCollator([opened[s] for s in tokenized])
     return CachedTraining(FrozenTrunkSuffix(full_model, k), datasets.DatasetDict(indexes), collator, k, files,
                           computed)

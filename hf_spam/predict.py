@@ -4,7 +4,10 @@ A thin layer over the model's own ``forward`` (or any function giving logits, su
 texts are tokenized with tiktoken exactly as in training (``encode_ordinary``), batched by length with right
 padding (``tokenization.length_batches``), and the model shapes each batch as it was trained
 (``GPTSpamForSequenceClassification.trained_shape``: the cut, the padding that ``last`` pooling reads, an
-empty text). Results come back in input order, and a text's result never depends on its batch.
+empty text). Results come back in input order, and a text's result never depends on its batch. ``dtype``
+(``hf_spam.arithmetic``) converts the model itself (bfloat16 weights, int8 Linear layers); logits stay float32.
+(In bfloat16 and int8 a text's probabilities shift slightly with its batch: rounding, and int8's one scale for
+each batch's activations.)
 ``predict_stream`` reads its input lazily in chunks: memory stays bounded whatever the input size. Calling the
 classifier, ``clf(inputs, top_k=..., function_to_apply=...)``, answers what ``pipeline("text-classification")``
 answers (the shape the HTTP service and Inference Endpoints return). Native GPT-2 folders
@@ -25,13 +28,12 @@ from huggingface_hub import snapshot_download
 from transformers import GPT2ForSequenceClassification, PretrainedConfig, PreTrainedModel
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
+from .arithmetic import ALIASES, FLOAT32, Arithmetic, choose_dtype, convert_model, model_bytes
 from .errors import HfSpamError, UnavailableError, one_line
 from .files import is_hub_id
 from .modeling_gpt import GPTSpamConfig, GPTSpamForSequenceClassification
 from .tokenization import PAD_TOKEN_ID, get_encoding, length_batches
 
-DTYPES = {"float32": None, "fp32": None, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
 Logits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids, attention_mask) -> logits, on the CPU
 MODELS = {GPTSpamConfig.model_type: GPTSpamForSequenceClassification, "gpt2": GPT2ForSequenceClassification}
 SCORES = {  # the pipeline's function_to_apply, on numpy float32 logits as it computes them
@@ -80,7 +82,7 @@ class SpamClassifier:
     """
 
     def __init__(self, logits: Logits, config: PretrainedConfig, encoding: object, *, model_bytes: int = 0,
-                 model: PreTrainedModel | None = None):
+                 model: PreTrainedModel | None = None, arithmetic: Arithmetic = FLOAT32):
         labels = {int(k): str(v) for k, v in config.id2label.items()}
         if len(labels) < 2 or sorted(labels) != list(range(len(labels))):
             raise HfSpamError(f"model: labels {labels}; expected two or more classes numbered from 0")
@@ -90,25 +92,26 @@ class SpamClassifier:
         self.labels, self.names, self.encoding = labels, [labels[i] for i in range(len(labels))], encoding
         self.logits, self.config, self.model_bytes, self.model = logits, config, model_bytes, model
         self.inputs = input_rules(config)
+        self.arithmetic = arithmetic  # what the logits are computed in (as far as this layer knows)
 
     @classmethod
     def from_model(cls, model: PreTrainedModel, encoding: object, *,
                    device: str | torch.device | None = None, dtype: str | None = None) -> SpamClassifier:
-        """Label texts with ``model`` itself (its ``forward``) on ``device`` (default: a GPU if there is one),
-        under ``dtype`` autocast if given."""
-        if dtype not in (None, *DTYPES):
-            raise HfSpamError(f"dtype: unknown value {dtype!r}; expected one of {', '.join(DTYPES)}")
+        """Label texts with ``model`` itself (its ``forward``) on ``device`` (default: a GPU if there is one; the
+        CPU for int8) in ``dtype`` (``arithmetic.choose_dtype``: ``None`` float32, ``auto``, ``bfloat16`` weights,
+        ``int8`` Linear layers); the model is moved and converted in place. Logits come back in float32."""
+        if device is None and ALIASES.get(dtype, dtype) == "int8":
+            device = "cpu"  # int8 runs on the CPU only
         device = checked_device(device) if device is not None else PartialState().default_device
-        if DTYPES.get(dtype) == torch.float16 and device.type == "cpu":
-            raise HfSpamError("dtype: float16 needs a GPU; use bfloat16 on the CPU")
-        model, autocast = model.to(device).eval(), DTYPES.get(dtype)
+        arithmetic = choose_dtype(dtype, device)
+        model, autocast = convert_model(model.to(device).eval(), arithmetic)
 
         def logits(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode(), torch.autocast(device.type, autocast, enabled=autocast is not None):
-                return model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits.cpu()
+                out = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+            return out.float().cpu()
 
-        return cls(logits, model.config, encoding, model=model,
-                   model_bytes=sum(p.numel() * p.element_size() for p in model.parameters()))
+        return cls(logits, model.config, encoding, model=model, model_bytes=model_bytes(model), arithmetic=arithmetic)
 
     @classmethod
     def from_pretrained(cls, name_or_folder: str | os.PathLike, *, device: str | torch.device | None = None,
@@ -117,8 +120,9 @@ class SpamClassifier:
         """Load a model folder written by training (or a native GPT-2 one), or a Hub model id.
 
         With ``trust_remote_code=False`` the installed hf_spam classes are used and the folder's
-        ``modeling_gpt.py`` never runs; ``True`` runs the folder's own copy. The tokenizer is built from the
-        folder's ``vocab.json``/``merges.txt`` (no download). Errors are one-line ``HfSpamError``s.
+        ``modeling_gpt.py`` never runs; ``True`` runs the folder's own copy. ``device`` and ``dtype`` (``auto``,
+        ``float32``, ``bfloat16``, ``int8``) as in ``from_model``. The tokenizer is built from the folder's
+        ``vocab.json``/``merges.txt`` (no download). Errors are one-line ``HfSpamError``s.
         """
         name = os.fspath(name_or_folder)
         local = Path(name).expanduser().is_dir()

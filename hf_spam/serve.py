@@ -4,7 +4,7 @@
                         -> what pipeline("text-classification") returns: [{"label", "score"}, ...] (Hugging Face's
                         text-classification contract, so huggingface_hub's InferenceClient works against it)
     GET  /health        {"status": "ok"}
-    GET  /info          labels, parameters, pooling, training length, backend, limits
+    GET  /info          labels, parameters, pooling, training length, backend, arithmetic (dtype), limits
     GET  /metrics       Prometheus text format: requests and texts by status, batch sizes, latency, queue depth
     GET  /docs          the OpenAPI page (/openapi.json)
 
@@ -135,8 +135,8 @@ def create_app(classifier: SpamClassifier, limits: Limits, backend: str = "torch
     waiting = {"texts": 0}  # texts accepted and not yet answered: what bounds memory
     registry, metrics = _metrics(limits, waiting)
     info = {"labels": classifier.names, "backend": backend, "model_type": classifier.config.model_type,
-            **classifier.inputs, "model_bytes": classifier.model_bytes, "max_batch_size": limits.max_batch_size,
-            "max_wait_ms": limits.max_wait_ms, "max_queue": limits.max_queue,
+            **classifier.inputs, "model_bytes": classifier.model_bytes, **classifier.arithmetic.info(),
+            "max_batch_size": limits.max_batch_size, "max_wait_ms": limits.max_wait_ms, "max_queue": limits.max_queue,
             "max_texts_per_request": limits.max_texts, "max_chars_per_request": limits.max_chars}
 
     def run(texts: list[str]) -> torch.Tensor:
@@ -240,6 +240,7 @@ def serve(classifier: SpamClassifier, limits: Limits, host: str, port: int, back
     if FastAPI is None:
         raise UnavailableError('hf-spam serve needs the serve extra: pip install "hf-spam[serve]"')
     app = create_app(classifier, limits, backend)
-    print(f"Serving the {backend} model on http://{host}:{port} (POST / or /predict, GET /health, /info, /metrics, "
-          "/docs)", flush=True)
+    arithmetic = classifier.arithmetic
+    print(f"Serving the {backend} model in {arithmetic.dtype} ({arithmetic.reason}) on http://{host}:{port} (POST / or "
+          "/predict, GET /health, /info, /metrics, /docs)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)

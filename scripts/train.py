@@ -21,6 +21,7 @@ import torch
 from transformers import DataCollatorWithPadding, EarlyStoppingCallback, set_seed
 
 from hf_spam.arguments import DECISION_FLAGS, parse_args
+from hf_spam.arithmetic import native_bf16
 from hf_spam.data import write_splits_csv
 from hf_spam.errors import HfSpamError, run_main
 from hf_spam.evaluation import check_decision, evaluate_splits, format_accuracy_table, softmax, write_predictions
@@ -62,6 +63,10 @@ def main(argv: list[str] | None = None, search: dict[str, Any] | None = None) ->
                   node_main=args.local_process_index == 0)  # other machines' first processes: their stdout
     threads = configure_cpu_threads(args.cpu_threads)
     logger.info("%s", describe_processes(args, threads))
+    if args.bf16 and args.device.type == "cpu":
+        native, why = native_bf16(args.device)
+        logger.info("--bf16 on the CPU%s: %s%s", " (--use_cpu true set, since there is no GPU)" if
+                    args.use_cpu_for_bf16 else "", why, "" if native else " (emulated: likely slower than float32)")
     push, args.push_to_hub = args.push_to_hub, False  # the Trainer would create the repo now; step 11 pushes
     if push and not args.hub_model_id:
         raise HfSpamError("--push_to_hub: also pass --hub_model_id NAME")

@@ -25,7 +25,7 @@ def table_rows(stdout: str) -> list[list[str]]:
     [
         # One plain loop (the baseline) and the Trainer path through the cache with bf16.
         ("bench_train_step.py", ["chapter_plain_120", "ours_trainer_cached_dynamic_bf16"], 4),
-        ("bench_inference.py", ["chapter_one_at_a_time_120", "ours_batched_dynamic"], 4),
+        ("bench_inference.py", ["chapter_one_at_a_time_120", "ours_batched_dynamic", "ours_batched_dynamic_int8"], 4),
         # The whole command line (scripts/train.py, cold then warm cache, and --bf16) and the extrapolated plain loop.
         ("bench_seed_job.py", ["chapter_plain_120", "ours_seed_fast_cold", "ours_seed_fast_warm",
                                "ours_seed_fast_bf16_cold"], 3),
@@ -33,8 +33,8 @@ def table_rows(stdout: str) -> list[list[str]]:
         ("bench_search.py", ["chapter_plain_120", "ours_search"], 3),
         # Cost as the data grows: the fast recipe on 1x and 4x the data, through CSV files.
         ("bench_scale.py", ["1x", "4x"], 3),
-        # The server under load: torch at 1 client and onnxruntime at 32, no failed request.
-        ("bench_serve.py", ["torch_1", "onnx_float32_32"], None),
+        # The server under load: torch at 1 client, torch with --dtype int8 and onnxruntime at 32, no failed request.
+        ("bench_serve.py", ["torch_1", "torch_int8_32", "onnx_float32_32"], None),
     ],
 )
 def test_benchmark_quick_run_prints_a_table(tmp_path, script, cases, ratio_column):

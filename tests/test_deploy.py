@@ -91,6 +91,8 @@ def test_export_command_prints_the_check_and_int8_accuracy(folders, sms_file, tm
     assert "(300 texts)" in out and "float32" in out and "int8" in out
     assert (tmp_path / "m.onnx").is_file() and (tmp_path / "m-int8.onnx").stat().st_size < (
         tmp_path / "m.onnx").stat().st_size / 2
+    assert [onnx_classifier(tmp_path / name, folders["last_non_pad"]).arithmetic.dtype
+            for name in ("m.onnx", "m-int8.onnx")] == ["float32", "int8"]  # what /info reports for each
 
 
 def test_a_damaged_onnx_file_is_one_clear_error(folders, tmp_path):
@@ -333,7 +335,8 @@ def test_full_queue_is_503_with_retry_after_and_shutdown_finishes_accepted_reque
 def test_onnx_backend_serves_the_same_answers(folders, onnx_files, texts, expected):
     srv = Server(folders["last_40"], "--backend", "onnx", "--onnx_file", str(onnx_files["last_40"]))
     try:
-        assert srv.get("/info")[1]["backend"] == "onnx"
+        info = srv.get("/info")[1]
+        assert info["backend"] == "onnx" and (info["dtype"], info["dtype_requested"]) == ("float32", "the ONNX file")
         for request, want in zip(requests_of(texts), expected):
             status, got = srv.predict(request, "/")
             assert status == 200
