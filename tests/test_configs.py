@@ -13,7 +13,8 @@ from run_experiments import discover, row_settings
 from hf_spam.arguments import parse_args
 from hf_spam.errors import HfSpamError
 
-CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+# The recipe's configs; configs/search_space.yaml is the search's space, not a recipe (tests/test_search.py).
+CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if p.name != "search_space.yaml")
 EXPERIMENTS = sorted((ROOT / "configs" / "experiments").glob("*.yaml"))
 LAUNCHERS = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
 
