@@ -191,3 +191,12 @@ def test_without_optuna_the_search_says_how_to_install_it(tmp_path, monkeypatch)
     monkeypatch.setitem(sys.modules, "optuna", None)  # an environment without the `search` extra
     with pytest.raises(HfSpamError, match=r"^the search needs Optuna: pip install 'hf-spam\[search\]'$"):
         search_main([*SMALL, "--output_dir", str(tmp_path / "run")])
+
+
+def test_the_default_space_file_holds_the_issues_parameters():
+    from search import DEFAULT_SPACE, load_space
+
+    space = load_space(DEFAULT_SPACE)
+    assert set(space) == {"learning_rate", "num_train_epochs", "per_device_train_batch_size", "weight_decay",
+                          "warmup_ratio"}
+    assert space["learning_rate"].log
