@@ -244,8 +244,8 @@ def test_bad_input_is_a_clear_error(folders: dict[str, Path], tmp_path: Path) ->
         clf.predict(["ok"], batch_size=0)
     with pytest.raises(HfSpamError, match="chunk_size"):
         list(clf.predict_stream(["ok"], chunk_size=0))
-    with pytest.raises(HfSpamError, match="dtype"):
-        SpamClassifier.from_pretrained(folders["last_non_pad"], dtype="int8")
+    with pytest.raises(HfSpamError, match="--dtype int4: unknown; expected one of auto"):
+        SpamClassifier.from_pretrained(folders["last_non_pad"], dtype="int4")
     with pytest.raises(HfSpamError, match="not a model folder"):
         SpamClassifier.from_pretrained(tmp_path / "missing")
     with pytest.raises(UnavailableError, match="Hub id"):  # offline: names both places it looked
