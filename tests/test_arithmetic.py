@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,13 +54,16 @@ def test_impossible_dtypes_are_refused_in_one_line():
         choose_dtype("int4", "cpu")
 
 
-def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx512f amx_bf16 avx512_vnni\n"
-                       "bugs\t\t: spectre_v1\n\nprocessor\t: 1\nflags\t\t: fpu avx512f amx_bf16 avx512_vnni\n")
-    assert cpu_flags(cpuinfo) == {"fpu", "avx512f", "amx_bf16", "avx512_vnni"}
-    assert cpu_flags(tmp_path / "absent") == frozenset()
-    assert native_bf16("cpu", cpu_flags(cpuinfo)) == (True, "the CPU has amx_bf16")
+def test_cpu_flags_are_pytorchs_own_detection():
+    flags = cpu_flags()
+    assert flags <= set(NATIVE_BF16_FLAGS)
+    assert ("avx512_bf16" in flags) == torch.cpu._is_avx512_bf16_supported()
+    assert ("amx_bf16" in flags) == torch.cpu._is_amx_tile_supported()
+    cpuinfo = Path("/proc/cpuinfo")  # where Linux lists them too: the two must agree
+    if cpuinfo.is_file():
+        listed = {w for line in cpuinfo.read_text().splitlines() if line.startswith("flags") for w in line.split()}
+        assert flags == listed & set(NATIVE_BF16_FLAGS)
+    assert native_bf16("cpu", {"fpu", "avx512f", "amx_bf16", "avx512_vnni"}) == (True, "the CPU has amx_bf16")
 
 
 @pytest.fixture(scope="module")
