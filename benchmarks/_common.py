@@ -176,24 +176,16 @@ def median(values: Sequence[float]) -> float:
 
 
 def machine_description() -> str:
-    """CPU model, cores, torch threads and bf16 support, in one line."""
+    """The processor (PyTorch's view of it: its vector capability and the flags ``hf_spam.arithmetic`` chooses by),
+    cores, torch threads and the load, in one line."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        flags = Path("/proc/cpuinfo").read_text()
-        bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:
-        bf16 = False
-    load = load_average()
+    from hf_spam.arithmetic import KNOWN_FLAGS, cpu_flags
+
+    flags = ", ".join(sorted(cpu_flags())) or "none of " + ", ".join(KNOWN_FLAGS)
     return (
-        f"{cpu}, {os.cpu_count()} cores ({platform.machine()}), torch {torch.__version__} with "
-        f"{torch.get_num_threads()} threads, bf16 instructions: {'yes' if bf16 else 'no'}, "
-        f"load average at start {load:.2f}"
+        f"{platform.machine()} CPU with {torch.backends.cpu.get_cpu_capability()} ({flags}), {os.cpu_count()} cores, "
+        f"torch {torch.__version__} with {torch.get_num_threads()} threads, load average at start {load_average():.2f}"
     )
 
 

@@ -35,7 +35,10 @@ CASES = {
     "ours_batched_dynamic": ("ours, SpamClassifier.predict, last_non_pad, length-sorted", "dynamic"),
     "ours_batched_dynamic_bf16": ("same, --dtype bfloat16 (bf16 weights)", "dynamic"),
     "ours_batched_dynamic_bf16_autocast": ("same, float32 weights under bf16 autocast", "dynamic"),
-    "ours_batched_dynamic_int8": ("same, --dtype int8 (dynamic quantisation of the Linear layers)", "dynamic"),
+    "ours_batched_dynamic_int8": ("same, --dtype int8 (dynamic quantisation of the Linear layers; engine chosen: "
+                                  "{engine})", "dynamic"),
+    "ours_batched_dynamic_int8_x86": ("same, int8 with PyTorch's x86 engine (FBGEMM kernels)", "dynamic"),
+    "ours_batched_dynamic_int8_onednn": ("same, int8 with PyTorch's onednn engine (oneDNN kernels)", "dynamic"),
 }
 BASELINE = "chapter_one_at_a_time_120"
 
@@ -50,6 +53,7 @@ def test_texts(data_file: str | None, n: int) -> list[str]:
 def worker(case: str, args) -> None:  # noqa: ANN001
     import torch
 
+    from hf_spam.arithmetic import quantize_int8
     from hf_spam.modeling_gpt import GPTSpamConfig, GPTSpamForSequenceClassification
     from hf_spam.tokenization import get_encoding
 
@@ -84,12 +88,16 @@ def worker(case: str, args) -> None:  # noqa: ANN001
                     logits = last_logits(torch.tensor(ids).unsqueeze(0))
                 labels.append("spam" if torch.argmax(logits, dim=-1).item() == 1 else "ham")
             return labels
-        repeats = 1
+        repeats, engine = 1, None
     else:
         from hf_spam.predict import SpamClassifier
 
         dtype = "bfloat16" if case.endswith("_bf16") else "int8" if case.endswith("_int8") else None
+        engine = case.rpartition("_int8_")[2] if "_int8_" in case else None
+        if engine:  # an engine named, whatever int8_engine would choose here
+            model = quantize_int8(model, engine)
         clf = SpamClassifier.from_model(model, enc, device="cpu", dtype=dtype)
+        engine = engine or clf.arithmetic.engine
         if case.endswith("_bf16_autocast"):  # the alternative to bf16 weights, measured against them
             float32_logits = clf.logits
 
@@ -109,7 +117,7 @@ def worker(case: str, args) -> None:  # noqa: ANN001
         times.append(time.perf_counter() - t)
     best = min(times)
     emit({"case": case, "model_size": model_size, "texts": len(texts), "seconds": best,
-          "texts_per_s": len(texts) / best, "repeats": repeats})
+          "texts_per_s": len(texts) / best, "repeats": repeats, "engine": engine})
 
 
 def main() -> None:
@@ -130,6 +138,7 @@ def main() -> None:
     rows = []
     for case, r in results.items():
         desc, padding = CASES[case]
+        desc = desc.format(engine=r.get("engine"))
         batch = "1" if case.endswith("one_at_a_time_120") else str(args.batch_size)
         speedup = f"{r['texts_per_s'] / base['texts_per_s']:.1f}x" if base else "n/a"
         rows.append([desc, batch, padding, r["texts_per_s"], speedup, f"{r['peak_rss_mb']:,.0f}"])

@@ -14,7 +14,15 @@ from test_deploy import HF_SPAM, Server
 from test_predict import TEXTS, native_gpt2_folder
 
 from hf_spam.arguments import parse_args
-from hf_spam.arithmetic import NATIVE_BF16_FLAGS, choose_dtype, cpu_flags, native_bf16
+from hf_spam.arithmetic import (
+    KNOWN_FLAGS,
+    NATIVE_BF16_FLAGS,
+    choose_dtype,
+    cpu_flags,
+    int8_engine,
+    native_bf16,
+    quantize_int8,
+)
 from hf_spam.data import load_sms_spam
 from hf_spam.errors import HfSpamError
 from hf_spam.predict import SpamClassifier
@@ -42,6 +50,22 @@ def test_an_asked_dtype_is_kept_and_int8_is_never_chosen_by_auto():
     assert choose_dtype("auto", "cpu", {"avx512_vnni", "amx_int8"}).dtype == "float32"
 
 
+@pytest.mark.parametrize("flags, expected", [
+    (set(), None),  # None: PyTorch's default engine (x86 on x86 machines: FBGEMM's kernels)
+    (XEON_NO_BF16, None),  # VNNI without AMX (e.g. AMD Zen 4): FBGEMM's VNNI kernels
+    (XEON_NO_BF16 | {"avx512_bf16"}, None),
+    (XEON_NO_BF16 | {"amx_bf16", "amx_int8", "amx_tile"}, "onednn"),  # AMX tiles: oneDNN's kernels
+])
+def test_int8s_engine_is_chosen_from_the_cpu_flags(flags, expected):
+    expected = expected or torch.backends.quantized.engine
+    chosen = choose_dtype("int8", "cpu", flags)
+    assert (chosen.dtype, chosen.engine) == ("int8", expected)
+    assert chosen.reason == f"asked for; {int8_engine(flags)[1]}"
+    assert ("the CPU has amx_int8" in chosen.reason) == (expected == "onednn")
+    assert chosen.info()["dtype_engine"] == expected
+    assert "dtype_engine" not in choose_dtype("bfloat16", "cpu", flags).info()
+
+
 def test_impossible_dtypes_are_refused_in_one_line():
     with pytest.raises(HfSpamError, match=r"^--dtype int8: PyTorch's dynamic int8 quantisation runs on the CPU, not "
                        "cuda; use --device cpu"):
@@ -56,13 +80,13 @@ def test_impossible_dtypes_are_refused_in_one_line():
 
 def test_cpu_flags_are_pytorchs_own_detection():
     flags = cpu_flags()
-    assert flags <= set(NATIVE_BF16_FLAGS)
+    assert flags <= set(KNOWN_FLAGS)
     assert ("avx512_bf16" in flags) == torch.cpu._is_avx512_bf16_supported()
-    assert ("amx_bf16" in flags) == torch.cpu._is_amx_tile_supported()
+    assert ("amx_bf16" in flags) == ("amx_int8" in flags) == torch.cpu._is_amx_tile_supported()
     cpuinfo = Path("/proc/cpuinfo")  # where Linux lists them too: the two must agree
     if cpuinfo.is_file():
         listed = {w for line in cpuinfo.read_text().splitlines() if line.startswith("flags") for w in line.split()}
-        assert flags == listed & set(NATIVE_BF16_FLAGS)
+        assert flags == listed & set(KNOWN_FLAGS)
     assert native_bf16("cpu", {"fpu", "avx512f", "amx_bf16", "avx512_vnni"}) == (True, "the CPU has amx_bf16")
 
 
@@ -94,6 +118,23 @@ def test_int8_and_bf16_agree_with_float32_on_the_test_split(tiny_run, test_split
         assert other.model_bytes * 2 == float32.model_bytes
 
 
+@pytest.mark.parametrize("engine", ["x86", "onednn"])
+def test_int8_agrees_with_float32_with_either_engine(tiny_run, test_split, engine):
+    """Whichever engine ``int8_engine`` picks on this machine, both are held to the same agreement."""
+    if engine not in torch.backends.quantized.supported_engines:
+        pytest.skip(f"this torch has no {engine} quantized engine")
+    float32, int8 = (SpamClassifier.from_pretrained(tiny_run, device="cpu") for _ in range(2))
+    default = torch.backends.quantized.engine
+    quantize_int8(int8.model, engine)  # in place: the classifier now runs the int8 layers
+    assert torch.backends.quantized.engine == default  # the global setting is restored
+    ids = float32.encode(test_split)
+    a, b = float32.logits_of(ids, 64), int8.logits_of(ids, 64)
+    agree = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
+    print(f"int8 ({engine}): labels equal to float32's on {agree:.2%} of {len(ids)} test texts; largest probability "
+          f"change {(a.softmax(-1) - b.softmax(-1)).abs().max().item():.4f}")
+    assert agree >= 0.98 and 0 < (a - b).abs().max() < 2
+
+
 def test_int8_covers_a_native_gpt2_folders_conv1d_layers(tmp_path):
     folder = native_gpt2_folder(tmp_path / "native")
     float32 = SpamClassifier.from_pretrained(folder, device="cpu")
@@ -110,7 +151,7 @@ def test_cli_predict_with_int8_writes_the_predictions_and_notes_the_arithmetic(t
     result = subprocess.run([HF_SPAM, "predict", "--model", str(tiny_run), "--dtype", "int8", *texts],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert result.stderr == "note: arithmetic int8 (--dtype int8: asked for)\n"
+    assert result.stderr == f"note: arithmetic int8 (--dtype int8: {choose_dtype('int8').reason})\n"
     records = [json.loads(line) for line in result.stdout.splitlines()]
     expected = SpamClassifier.from_pretrained(tiny_run, dtype="int8").predict(texts)
     assert [r["text"] for r in records] == texts and [r["label"] for r in records] == [r["label"] for r in expected]
@@ -159,8 +200,8 @@ def test_server_info_reports_the_arithmetic(tiny_run, dtype):
         status, info = srv.get("/info")
         assert status == 200 and info["backend"] == "torch"
         expected = choose_dtype(dtype, "cpu")
-        assert (info["dtype"], info["dtype_requested"], info["dtype_reason"]) == (
-            expected.dtype, dtype, expected.reason)
+        assert (info["dtype"], info["dtype_requested"], info["dtype_reason"], info.get("dtype_engine")) == (
+            expected.dtype, dtype, expected.reason, expected.engine)
         status, answer = srv.predict({"inputs": "WINNER!! Call now to claim your prize"})
         assert status == 200 and answer[0]["label"] in ("ham", "spam")
     finally:
