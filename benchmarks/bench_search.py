@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 from _common import (
@@ -24,17 +23,13 @@ from _common import (
     base_parser,
     busy_note,
     data_file_arg,
-    emit,
-    gpt2_small_or_tiny,
     main_guard,
     markdown_table,
-    run_case,
     run_command_measured,
     select_cases,
-    small_sms_file,
-    wait_until_quiet,
     write_json,
 )
+from bench_seed_job import add_plain_loop_args, plain_worker, run_jobs
 
 CASES = {
     "chapter_plain_120": "chapter's code, plain PyTorch loop, padded to 120: one run",
@@ -74,34 +69,14 @@ def search_job(args, workdir: Path) -> dict:  # noqa: ANN001
 def main() -> None:
     parser = base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--n_trials", type=int, default=None, help="Trials of the search (default 20; --quick: 2).")
-    parser.add_argument("--plain_steps", type=int, default=8, help="Timed plain-loop steps for the extrapolation.")
-    parser.add_argument("--plain_eval_batches", type=int, default=6, help="Timed plain-loop evaluation batches.")
-    parser.add_argument("--workdir", default=None, help="Keep the search's outputs here (default: a temp folder).")
+    add_plain_loop_args(parser)
     args = parser.parse_args()
     args.data_file = data_file_arg(args.data_file)
     args.n_trials = args.n_trials or (2 if args.quick else 20)
     if args.worker:
-        from bench_seed_job import plain_job
-
-        steps, evals = (1, 1) if args.quick else (args.plain_steps, args.plain_eval_batches)
-        return emit({"case": args.worker, **plain_job(args.worker, gpt2_small_or_tiny(args.quick), args.data_file,
-                                                      steps, evals, False)})
+        return plain_worker(args)
     cases, machine = select_cases(args, CASES)
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(args.workdir) if args.workdir else Path(tmp)
-        workdir.mkdir(parents=True, exist_ok=True)
-        if args.quick:
-            args.data_file = small_sms_file(args.data_file, workdir / "data")
-        forwarded = ["--quick"] if args.quick else ["--plain_steps", str(args.plain_steps),
-                                                    "--plain_eval_batches", str(args.plain_eval_batches)]
-        forwarded += ["--data_file", args.data_file] if args.data_file else []
-        results = {}
-        for case in cases:
-            waited = wait_until_quiet(args.wait_quiet)
-            results[case] = search_job(args, workdir) if case == "ours_search" else \
-                run_case(__file__, case, forwarded)
-            results[case]["waited_for_quiet_s"] = round(waited, 1)
-            print(f"  {case}: {results[case]['total_s']:.1f} s", flush=True)
+    results = run_jobs(__file__, args, cases, {"ours_search": lambda workdir: search_job(args, workdir)})
     base = results.get(BASELINE)
     rows = []
     for case, r in results.items():

@@ -14,10 +14,13 @@ extrapolated to the recipe's 650 steps and 367 evaluation batches (``--plain_ful
 
 from __future__ import annotations
 
+import argparse
+import functools
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from _common import (
@@ -157,37 +160,53 @@ def ours_job(case: str, args, workdir: Path) -> dict:  # noqa: ANN001
             "test_accuracy": metrics.get("test_accuracy")}
 
 
-def main() -> None:
-    parser = base_parser(__doc__.split("\n\n")[0])
+def add_plain_loop_args(parser: argparse.ArgumentParser) -> None:
+    """The flags of the job benchmarks (this one and ``bench_search.py``): how much of the chapter's plain loop
+    is timed, and where the jobs' outputs go."""
     parser.add_argument("--plain_steps", type=int, default=8, help="Timed plain-loop steps for the extrapolation.")
     parser.add_argument("--plain_eval_batches", type=int, default=6, help="Timed plain-loop evaluation batches.")
-    parser.add_argument("--plain_full", action="store_true", help="Run the chapter's plain loop in full (~25 min).")
-    parser.add_argument("--workdir", default=None, help="Keep the runs' outputs here (default: a temp folder).")
-    args = parser.parse_args()
-    args.data_file = data_file_arg(args.data_file)
-    if args.worker:
-        steps, evals = (1, 1) if args.quick else (args.plain_steps, args.plain_eval_batches)
-        r = plain_job(args.worker, gpt2_small_or_tiny(args.quick), args.data_file, steps, evals, args.plain_full)
-        return emit({"case": args.worker, **r})
-    cases, machine = select_cases(args, CASES)
+    parser.add_argument("--workdir", default=None, help="Keep the jobs' outputs here (default: a temp folder).")
+
+
+def plain_worker(args: argparse.Namespace, full: bool = False) -> None:
+    """A worker process's case: the plain loop, timed (a step and a batch with ``--quick``) and extrapolated."""
+    steps, evals = (1, 1) if args.quick else (args.plain_steps, args.plain_eval_batches)
+    emit({"case": args.worker, **plain_job(args.worker, gpt2_small_or_tiny(args.quick), args.data_file, steps, evals,
+                                           full)})
+
+
+def run_jobs(script: str, args: argparse.Namespace, cases: list[str], ours: dict[str, Callable[[Path], dict]],
+             forwarded: list[str] = ()) -> dict[str, dict]:
+    """Each case in turn once the machine is quiet: ``ours[case](workdir)``, or else the plain loop in a worker
+    process of ``script`` (given ``forwarded`` too); with ``--quick``, on a small SMS file."""
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         if args.quick:
             args.data_file = small_sms_file(args.data_file, workdir / "data")
-        forwarded = ["--quick"] if args.quick else ["--plain_steps", str(args.plain_steps),
-                                                    "--plain_eval_batches", str(args.plain_eval_batches)]
-        forwarded += ["--data_file", args.data_file] if args.data_file else []
-        forwarded += ["--plain_full"] if args.plain_full else []
-        results = {}
+        forwarded = [*(["--quick"] if args.quick else ["--plain_steps", str(args.plain_steps),
+                                                         "--plain_eval_batches", str(args.plain_eval_batches)]),
+                     *(["--data_file", args.data_file] if args.data_file else []), *forwarded]
         for case in cases:
             waited = wait_until_quiet(args.wait_quiet)
-            if case.startswith("ours_seed"):
-                results[case] = ours_job(case, args, workdir)
-            else:
-                results[case] = run_case(__file__, case, forwarded)
+            results[case] = ours[case](workdir) if case in ours else run_case(script, case, forwarded)
             results[case]["waited_for_quiet_s"] = round(waited, 1)
             print(f"  {case}: {results[case]['total_s']:.1f} s", flush=True)
+    return results
+
+
+def main() -> None:
+    parser = base_parser(__doc__.split("\n\n")[0])
+    add_plain_loop_args(parser)
+    parser.add_argument("--plain_full", action="store_true", help="Run the chapter's plain loop in full (~25 min).")
+    args = parser.parse_args()
+    args.data_file = data_file_arg(args.data_file)
+    if args.worker:
+        return plain_worker(args, args.plain_full)
+    cases, machine = select_cases(args, CASES)
+    ours = {case: functools.partial(ours_job, case, args) for case in CASES if case.startswith("ours_seed")}
+    results = run_jobs(__file__, args, cases, ours, ["--plain_full"] if args.plain_full else [])
     base = results.get(BASELINE)
     rows = []
     for case, r in results.items():
