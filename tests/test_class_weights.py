@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from conftest import run_train
 from sklearn.utils.class_weight import compute_class_weight
-from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+from test_speed import StepLosses
+from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
 from hf_spam import GPTSpamConfig, GPTSpamForSequenceClassification
 from hf_spam.arguments import parse_args, parse_class_weight
@@ -96,17 +97,6 @@ def test_compute_loss_is_the_weighted_cross_entropy_and_is_never_saved(tmp_path)
     assert "class_weights" not in (tmp_path / "config.json").read_text()
     loaded = GPTSpamForSequenceClassification.from_pretrained(tmp_path)
     assert loaded.class_weights is None
-
-
-class StepLosses(TrainerCallback):
-    """The loss of every optimizer step (logging_steps=1)."""
-
-    def __init__(self):
-        self.losses: list[float] = []
-
-    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 - Trainer's signature
-        if logs and "loss" in logs:
-            self.losses.append(float(logs["loss"]))
 
 
 @pytest.fixture(scope="module")
