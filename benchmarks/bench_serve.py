@@ -6,9 +6,10 @@ many texts) and must be answered 4xx while the good ones keep succeeding. Report
 p50/p95/p99 latency of the good requests, failures, and the server's peak RSS and its growth after the
 first tenth of the run. GPT-2 small's shape with random weights, `last_non_pad` pooling; the torch backend
 at 1, 8 and 32 clients, the torch backend with ``--dtype bfloat16`` and ``--dtype int8`` at 32, then onnxruntime
-(float32 and int8) at 32.
+(float32 and int8) at 32, all with the default ``--workers 2``; then torch float32 and int8 at 32 with
+``--workers 1`` (one batch computing at a time).
 
-    python benchmarks/bench_serve.py                 # about 7 minutes
+    python benchmarks/bench_serve.py                 # about 10 minutes
     python benchmarks/bench_serve.py --quick         # tiny model, 3 s per case (smoke run)
 """
 
@@ -38,10 +39,11 @@ from _common import (
     write_json,
 )
 
-# case: (backend, clients)
-CASES = {"torch_1": ("torch", 1), "torch_8": ("torch", 8), "torch_32": ("torch", 32),
-         "torch_bf16_32": ("torch-bfloat16", 32), "torch_int8_32": ("torch-int8", 32),
-         "onnx_float32_32": ("onnx", 32), "onnx_int8_32": ("onnx-int8", 32)}
+# case: (backend, clients, --workers: batches computing at once)
+CASES = {"torch_1": ("torch", 1, 2), "torch_8": ("torch", 8, 2), "torch_32": ("torch", 32, 2),
+         "torch_bf16_32": ("torch-bfloat16", 32, 2), "torch_int8_32": ("torch-int8", 32, 2),
+         "onnx_float32_32": ("onnx", 32, 2), "onnx_int8_32": ("onnx-int8", 32, 2),
+         "torch_32_workers1": ("torch", 32, 1), "torch_int8_32_workers1": ("torch-int8", 32, 1)}
 BAD = [b"{not json", json.dumps({"inputs": ["x"] * 1000}).encode()]
 
 
@@ -64,14 +66,15 @@ def build_model(folder: Path, model_size: str, texts: list[str]) -> dict[str, Pa
 class ServerProcess:
     """The service in its own process, its RSS sampled four times a second."""
 
-    def __init__(self, folder: Path, backend: str, onnx_file: Path | None, dtype: str | None = None):
+    def __init__(self, folder: Path, backend: str, onnx_file: Path | None, dtype: str | None = None,
+                 workers: int = 2):
         import psutil
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         cmd = [str(Path(sys.executable).with_name("hf-spam")), "serve", "--model", str(folder), "--port",
-               str(self.port), "--max_queue", "4096"]
+               str(self.port), "--max_queue", "4096", "--workers", str(workers)]
         if onnx_file is not None:
             cmd += ["--backend", "onnx", "--onnx_file", str(onnx_file)]
         if dtype is not None:
@@ -167,28 +170,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         files = build_model(Path(tmp) / "model", gpt2_small_or_tiny(args.quick), texts)
         for case in cases:
-            backend, clients = CASES[case]
+            backend, clients, workers = CASES[case]
             waited = wait_until_quiet(args.wait_quiet)
             kind, _, dtype = backend.partition("-")  # torch-int8: the torch backend with --dtype int8
             server = ServerProcess(files["torch"], backend, files[backend] if kind == "onnx" else None,
-                                   dtype if kind == "torch" and dtype else None)
+                                   dtype if kind == "torch" and dtype else None, workers)
             try:
                 stats = asyncio.run(drive(server.port, clients, duration, texts))
             finally:
                 server.stop()
             start = server.rss[0][0]
             settled = [mb for t, mb in server.rss if t - start >= duration / 10] or [server.rss[-1][1]]
-            results[case] = {**stats, "backend": backend, "clients": clients,
+            results[case] = {**stats, "backend": backend, "clients": clients, "workers": workers,
                              "peak_rss_mb": max(m for _, m in server.rss),
                              "rss_growth_mb": server.rss[-1][1] - settled[0],
                              "waited_for_quiet_s": round(waited, 1), "load_after": round(load_average(), 2)}
             print(f"  {case}: {stats['texts_per_s']:.1f} texts/s, {stats['failed']} failed", flush=True)
-    rows = [[r["backend"], r["clients"], r["requests_per_s"], r["texts_per_s"], r["p50_ms"], r["p95_ms"], r["p99_ms"],
-             r["failed"], f"{r['bad_4xx']} / {r['bad_4xx'] + r['bad_other']}", f"{r['peak_rss_mb']:,.0f}",
-             f"{r['rss_growth_mb']:+.0f}"] for r in results.values()]
+    rows = [[r["backend"], r["clients"], r["workers"], r["requests_per_s"], r["texts_per_s"], r["p50_ms"],
+             r["p95_ms"], r["p99_ms"], r["failed"], f"{r['bad_4xx']} / {r['bad_4xx'] + r['bad_other']}",
+             f"{r['peak_rss_mb']:,.0f}", f"{r['rss_growth_mb']:+.0f}"] for r in results.values()]
     size = "tiny (smoke run: not a measurement)" if args.quick else "GPT-2 small (124M) shape, random weights"
     print(f"\n### Serving, {size}, one SMS per request, {duration:g} s per case\n")
-    print(markdown_table(["backend", "clients", "requests/s", "texts/s", "p50 ms", "p95 ms", "p99 ms",
+    print(markdown_table(["backend", "clients", "workers", "requests/s", "texts/s", "p50 ms", "p95 ms", "p99 ms",
                           "failed", "bad requests answered 4xx", "server peak RSS (MB)", "RSS growth (MB)"], rows))
     if "torch_1" in results and "torch_32" in results:
         ratio = results["torch_32"]["texts_per_s"] / results["torch_1"]["texts_per_s"]

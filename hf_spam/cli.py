@@ -205,10 +205,11 @@ def serve(args: argparse.Namespace) -> None:
     else:
         classifier = _classifier(args)
     limits = Limits(args.max_batch_size, args.max_wait_ms, args.max_queue, args.max_texts_per_request,
-                    args.max_chars_per_request)
-    if min(args.max_batch_size, args.max_queue, args.max_texts_per_request, args.max_chars_per_request) < 1 \
-            or args.max_wait_ms < 0:
-        raise HfSpamError("serve: the batch, queue and request limits must be positive (and --max_wait_ms >= 0)")
+                    args.max_chars_per_request, args.workers)
+    if min(args.max_batch_size, args.max_queue, args.max_texts_per_request, args.max_chars_per_request,
+           args.workers) < 1 or args.max_wait_ms < 0:
+        raise HfSpamError("serve: the batch, queue and request limits and --workers must be positive (and "
+                          "--max_wait_ms >= 0)")
     serve(classifier, limits, args.host, args.port, args.backend)
 
 
@@ -362,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx_file", help="the ONNX file for --backend onnx (default MODEL/model.onnx)")
     p.add_argument("--max_batch_size", type=int, default=64, help="texts per forward pass at most (default 64)")
     p.add_argument("--max_wait_ms", type=float, default=5.0, help="how long a batch waits for more requests")
+    p.add_argument("--workers", type=int, default=2, help="batches computing at once (default 2: the next one starts "
+                   "while one is answered; each uses all of torch's threads)")
     p.add_argument("--max_queue", type=int, default=1024, help="texts waiting at most; then 503 (default 1024)")
     p.add_argument("--max_texts_per_request", type=int, default=256, help="else 413 (default 256)")
     p.add_argument("--max_chars_per_request", type=int, default=20_000, help="else 413 (default 20,000)")

@@ -9,11 +9,12 @@
     GET  /docs          the OpenAPI page (/openapi.json)
 
 Requests from many clients are gathered into batches: a batcher takes what is waiting (up to
-``max_batch_size`` texts, waiting at most ``max_wait_ms`` for more) and runs one forward pass in a worker
-thread while new requests keep arriving. Memory is bounded: at most ``max_queue`` texts wait; beyond that a
-request is answered 503 with ``Retry-After``. Bad requests get a JSON error and a 4xx status (400 for a
-body that is not UTF-8, 422 for malformed JSON or wrong types, 413 for too many texts or characters), and
-the server keeps serving. Stopping (Ctrl-C, SIGTERM) lets accepted requests finish.
+``max_batch_size`` texts, waiting at most ``max_wait_ms`` for more) and runs its forward pass in a worker
+thread while new requests keep arriving; up to ``workers`` batches compute at once, so that the cores stay
+busy while a batch is gathered, answered, or between operations. Memory is bounded: at most ``max_queue``
+texts wait; beyond that a request is answered 503 with ``Retry-After``. Bad requests get a JSON error and a
+4xx status (400 for a body that is not UTF-8, 422 for malformed JSON or wrong types, 413 for too many texts or
+characters), and the server keeps serving. Stopping (Ctrl-C, SIGTERM) lets accepted requests finish.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -56,13 +58,14 @@ REQUEST_SCHEMA = {  # what POST / and /predict read (the body is read raw: a bod
 
 @dataclass
 class Limits:
-    """What one request may carry and how many texts may wait, and how batches are formed."""
+    """What one request may carry and how many texts may wait, how batches are formed and how many run at once."""
 
     max_batch_size: int = 64
     max_wait_ms: float = 5.0
     max_queue: int = 1024
     max_texts: int = 256
     max_chars: int = 20_000
+    workers: int = 2
 
 
 @dataclass
@@ -123,7 +126,9 @@ def _metrics(limits: Limits, waiting: dict[str, int]) -> tuple[CollectorRegistry
                          registry=registry),
         "batch": Histogram("hf_spam_batch_texts", "Texts per batch the model ran", registry=registry,
                            buckets=sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, limits.max_batch_size})),
-        "latency": Histogram("hf_spam_request_seconds", "Classification request latency", registry=registry)}
+        "latency": Histogram("hf_spam_request_seconds", "Classification request latency", registry=registry),
+        "running": Histogram("hf_spam_batches_running", "Batches already computing when a batch started",
+                             registry=registry, buckets=list(range(limits.workers)))}
     Gauge("hf_spam_queue_texts", "Texts accepted and not yet answered", registry=registry).set_function(
         lambda: waiting["texts"])
     return registry, metrics
@@ -137,14 +142,36 @@ def create_app(classifier: SpamClassifier, limits: Limits, backend: str = "torch
     info = {"labels": classifier.names, "backend": backend, "model_type": classifier.config.model_type,
             **classifier.inputs, "model_bytes": classifier.model_bytes, **classifier.arithmetic.info(),
             "max_batch_size": limits.max_batch_size, "max_wait_ms": limits.max_wait_ms, "max_queue": limits.max_queue,
-            "max_texts_per_request": limits.max_texts, "max_chars_per_request": limits.max_chars}
+            "max_texts_per_request": limits.max_texts, "max_chars_per_request": limits.max_chars,
+            "workers": limits.workers}
 
     def run(texts: list[str]) -> torch.Tensor:
         return classifier.logits_of(classifier.encode(texts), limits.max_batch_size)
 
+    executor = ThreadPoolExecutor(limits.workers, thread_name_prefix="hf-spam-forward")
+    slots = asyncio.Semaphore(limits.workers)  # a batch is gathered only when a worker is free for it
+    running: set[asyncio.Task] = set()  # the batches computing (held here: the loop keeps only weak references)
+
+    async def compute(jobs: list[_Job], texts: list[str]) -> None:
+        """One forward pass for the whole batch, off the event loop; its answers, or its error, to each request."""
+        try:
+            logits = await asyncio.get_running_loop().run_in_executor(executor, run, texts)
+        except Exception as err:  # a failure of the model answers these requests 500, not the server's end
+            for job in jobs:
+                job.done.set_exception(err)
+        else:
+            for job in jobs:
+                job.done.set_result(logits[: len(job.texts)])
+                logits = logits[len(job.texts):]
+            release_freed_memory()  # batches of every shape come and go: keep the heap from growing
+        finally:
+            running.discard(asyncio.current_task())
+            slots.release()
+
     async def batcher() -> None:
         loop = asyncio.get_running_loop()
         while True:
+            await slots.acquire()
             jobs = [await queue.get()]
             size, deadline = len(jobs[0].texts), loop.time() + limits.max_wait_ms / 1000
             while size < limits.max_batch_size and (timeout := deadline - loop.time()) > 0:
@@ -155,22 +182,15 @@ def create_app(classifier: SpamClassifier, limits: Limits, backend: str = "torch
                 size += len(jobs[-1].texts)
             texts = [t for job in jobs for t in job.texts]
             metrics["batch"].observe(len(texts))
-            try:  # one forward pass for the whole batch, off the event loop
-                logits = await loop.run_in_executor(None, run, texts)
-            except Exception as err:  # a failure of the model answers these requests 500, not the server's end
-                for job in jobs:
-                    job.done.set_exception(err)
-                continue
-            for job in jobs:
-                job.done.set_result(logits[: len(job.texts)])
-                logits = logits[len(job.texts):]
-            release_freed_memory()  # batches of every shape come and go: keep the heap from growing
+            metrics["running"].observe(len(running))
+            running.add(asyncio.create_task(compute(jobs, texts)))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(batcher())
         yield
         task.cancel()
+        executor.shutdown(wait=False)
 
     app = FastAPI(title="hf-spam", lifespan=lifespan)
 

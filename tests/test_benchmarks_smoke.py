@@ -34,7 +34,7 @@ def table_rows(stdout: str) -> list[list[str]]:
         # Cost as the data grows: the fast recipe on 1x and 4x the data, through CSV files.
         ("bench_scale.py", ["1x", "4x"], 3),
         # The server under load: torch at 1 client, torch with --dtype int8 and onnxruntime at 32, no failed request.
-        ("bench_serve.py", ["torch_1", "torch_int8_32", "onnx_float32_32"], None),
+        ("bench_serve.py", ["torch_1", "torch_int8_32", "onnx_float32_32", "torch_int8_32_workers1"], None),
     ],
 )
 def test_benchmark_quick_run_prints_a_table(tmp_path, script, cases, ratio_column):
@@ -45,7 +45,7 @@ def test_benchmark_quick_run_prints_a_table(tmp_path, script, cases, ratio_colum
     rows = table_rows(result.stdout)
     assert len(rows) == len(cases)
     if ratio_column is None:  # bench_serve: good requests all answered, bad ones all 4xx
-        assert all(row[7] == "0" and row[8].split(" / ")[0] == row[8].split(" / ")[1] for row in rows), rows
+        assert all(row[8] == "0" and row[9].split(" / ")[0] == row[9].split(" / ")[1] for row in rows), rows
     else:
         assert rows[0][ratio_column] == "1.0x"  # the baseline against itself
     for row in rows if ratio_column is not None else []:

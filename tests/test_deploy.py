@@ -215,7 +215,7 @@ def test_server_answers_like_the_pipeline_on_both_routes_and_keeps_order_under_c
         assert_same(got, want)
     status, info = server.get("/info")
     assert status == 200 and info["labels"] == ["ham", "spam"] and info["training_length"] == 40
-    assert info["model_type"] == "hf_spam_gpt" and info["fixed_length"] == 40
+    assert info["model_type"] == "hf_spam_gpt" and info["fixed_length"] == 40 and info["workers"] == 2
 
 
 def test_huggingface_hub_inference_client_works_against_the_server(server, folders, texts, tmp_path):
@@ -293,6 +293,36 @@ def test_metrics_count_requests_texts_batches_and_latency(server, texts):
     assert grew("hf_spam_batch_texts_sum") == 7 and 1 <= grew("hf_spam_batch_texts_count") <= 3  # each text ran once
     assert grew("hf_spam_request_seconds_count") == 5 and grew("hf_spam_request_seconds_sum") > 0
     assert after[("hf_spam_queue_texts", ())] == 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_up_to_workers_batches_compute_at_once(folders, texts, expected, workers):
+    """A batch of one text per request, 16 requests at once: with two workers a batch starts while another
+    computes (``hf_spam_batches_running``), with one never; every answer is its own either way."""
+    srv = Server(folders["last_40"], "--max_batch_size", "1", "--workers", str(workers))
+    try:
+        assert srv.get("/info")[1]["workers"] == workers
+        requests = [requests_of(texts)[i % 4] for i in range(16)]
+        answers: dict[int, tuple] = {}
+        threads = [threading.Thread(target=lambda i=i: answers.update({i: srv.predict(requests[i])}))
+                   for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        for i in range(16):
+            assert answers[i][0] == 200
+            assert_same(answers[i][1], expected[i % 4])
+        samples = metric_samples(srv)
+        started, overlapped = (samples[("hf_spam_batches_running_" + k, ())] for k in ("count", "sum"))
+        assert started >= 16  # one text per batch
+        assert (overlapped > 0) == (workers == 2), overlapped
+        assert samples[("hf_spam_batches_running_bucket", (("le", str(float(workers - 1))),))] == started
+    finally:
+        srv.stop()
+    refused = subprocess.run([HF_SPAM, "serve", "--model", str(folders["last_40"]), "--workers", "0"],
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "--workers must be positive" in refused.stderr
 
 
 def test_openapi_documents_the_contract(server):
