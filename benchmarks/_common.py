@@ -101,11 +101,13 @@ def wait_until_quiet(max_wait: float, busy_percent: float = 25.0) -> float:
     return time.perf_counter() - started
 
 
-def busy_note(results: dict[str, dict[str, Any]]) -> str:
+def busy_note(results: dict[str, dict[str, Any]], own_load: dict[str, float] | None = None) -> str:
     """A warning naming the cases during which other processes competed for the CPU (their
-    one-minute load average exceeded what the case itself puts there), or ''."""
-    limit = (os.cpu_count() or 1) + 1.0
-    busy = [f"{case} ({r['load_after']:.1f})" for case, r in results.items() if r.get("load_after", 0) > limit]
+    one-minute load average exceeded what the case itself puts there: ``own_load[case]`` runnable threads,
+    by default one per core), or ''."""
+    own_load = own_load or {}
+    busy = [f"{case} ({r['load_after']:.1f})" for case, r in results.items()
+            if r.get("load_after", 0) > own_load.get(case, os.cpu_count() or 1) + 1.0]
     if not busy:
         return ""
     return ("\nNote: other processes competed for the CPU during " + ", ".join(busy) +
