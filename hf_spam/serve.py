@@ -148,14 +148,14 @@ def create_app(classifier: SpamClassifier, limits: Limits, backend: str = "torch
     def run(texts: list[str]) -> torch.Tensor:
         return classifier.logits_of(classifier.encode(texts), limits.max_batch_size)
 
-    executor = ThreadPoolExecutor(limits.workers, thread_name_prefix="hf-spam-forward")
+    workers: dict[str, ThreadPoolExecutor] = {}  # the forward passes' threads, from the app's start to its end
     slots = asyncio.Semaphore(limits.workers)  # a batch is gathered only when a worker is free for it
     running: set[asyncio.Task] = set()  # the batches computing (held here: the loop keeps only weak references)
 
     async def compute(jobs: list[_Job], texts: list[str]) -> None:
         """One forward pass for the whole batch, off the event loop; its answers, or its error, to each request."""
         try:
-            logits = await asyncio.get_running_loop().run_in_executor(executor, run, texts)
+            logits = await asyncio.get_running_loop().run_in_executor(workers["pool"], run, texts)
         except Exception as err:  # a failure of the model answers these requests 500, not the server's end
             for job in jobs:
                 job.done.set_exception(err)
@@ -187,10 +187,11 @@ def create_app(classifier: SpamClassifier, limits: Limits, backend: str = "torch
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        workers["pool"] = ThreadPoolExecutor(limits.workers, thread_name_prefix="hf-spam-forward")
         task = asyncio.create_task(batcher())
         yield
         task.cancel()
-        executor.shutdown(wait=False)
+        workers.pop("pool").shutdown(wait=False)
 
     app = FastAPI(title="hf-spam", lifespan=lifespan)
 
